@@ -1,1 +1,44 @@
-//! placeholder
+//! The `downpour` command line: one subcommand per role, `train` for a
+//! whole cluster in one process, and `eval` for saved checkpoints.
+
+mod args;
+mod commands;
+
+use clap::Parser;
+
+pub use args::Cli;
+
+/// Parses the command line, runs the subcommand and returns the process
+/// exit status. Errors are printed as one line on standard error.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    install_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return 1;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
+}
+
+/// Logs to standard error at `info`, or as `RUST_LOG` says.
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

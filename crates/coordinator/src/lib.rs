@@ -1,1 +1,31 @@
-//! placeholder
+//! The coordinator: it reads the data, holds out the validation split,
+//! shuffles the training examples once, cuts them into one shard per worker
+//! and serves the shards over gRPC. It hands out work as ranges of
+//! minibatches, validates θ every `eval_every` updates, keeps the best θ,
+//! stops early, and measures the test split with the best θ.
+//!
+//! ```text
+//!  prepare ──► run ──► Init θ₀ ──► parameter server
+//!               │                      ▲   │
+//!               │ Register/NextWork    │   │ Pull (every eval_every updates)
+//!               ▼ FetchShard/Complete  │   ▼
+//!            workers ──── Push ────────┘  validation, early stopping
+//! ```
+
+mod config;
+mod early_stopping;
+mod error;
+mod prepare;
+mod run;
+mod run_dir;
+mod schedule;
+mod service;
+
+pub use config::{ConfigError, CoordinatorConfig, defaults};
+pub use early_stopping::{EarlyStopping, Verdict};
+pub use error::CoordinatorError;
+pub use prepare::{EvalSet, PreparedRun, prepare};
+pub use run::run;
+pub use run_dir::{EvalEvent, RunDir, RunSummary, StalenessSummary};
+pub use schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
+pub use service::WorkerRecord;

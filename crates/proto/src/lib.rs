@@ -11,3 +11,5 @@ pub mod v1 {
 mod f32_bytes;
 
 pub use f32_bytes::{F32BytesError, decode_f32s, decode_f32s_into, encode_f32s};
+
+pub mod transport;

@@ -1,0 +1,179 @@
+//! Command-line arguments of every subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use downpour_coordinator::{CoordinatorConfig, defaults};
+use downpour_model::ModelSpec;
+
+/// Asynchronous data-parallel SGD: a parameter server holds θ, workers push
+/// minibatch gradients over gRPC, and a coordinator shards the data and
+/// stops training early on the validation error.
+#[derive(Debug, Parser)]
+#[command(name = "downpour", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train with a whole cluster in this process (gRPC on 127.0.0.1).
+    Train(TrainArgs),
+    /// Run the coordinator: data, shards, work, validation, early stopping.
+    Coordinator(CoordinatorArgs),
+    /// Run a parameter server, which holds θ and applies pushed gradients.
+    Ps(PsArgs),
+    /// Run a worker, which computes minibatch gradients and pushes them.
+    Worker(WorkerArgs),
+    /// Score a saved checkpoint on a data set.
+    Eval(EvalArgs),
+}
+
+/// Settings of a training run, shared by `train` and `coordinator`.
+#[derive(Debug, Args)]
+pub struct TrainingArgs {
+    /// MNIST folder (IDX files, gzipped or not), or an IDX images file with
+    /// its labels file beside it.
+    #[arg(long, default_value = defaults::DATA)]
+    pub data: PathBuf,
+    /// Model: `softmax`, or `mlp:H1,H2,...` for an MLP with ReLU hidden
+    /// layers of those sizes.
+    #[arg(long, default_value = defaults::MODEL, value_parser = parse_model)]
+    pub model: ModelSpec,
+    /// Number of shards, and of workers the run waits for.
+    #[arg(long, default_value_t = defaults::WORKERS)]
+    pub workers: usize,
+    /// Examples per minibatch.
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// SGD learning rate.
+    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
+    pub lr: f32,
+    /// SGD momentum coefficient, in [0, 1).
+    #[arg(long, default_value_t = defaults::MOMENTUM)]
+    pub momentum: f32,
+    /// L2 weight decay coefficient.
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
+    pub weight_decay: f32,
+    /// Seed of the initial parameters and of the one-time shuffle.
+    #[arg(long, default_value_t = defaults::SEED)]
+    pub seed: u64,
+    /// Updates between validation passes.
+    #[arg(long, default_value_t = defaults::EVAL_EVERY)]
+    pub eval_every: u64,
+    /// Validation passes without improvement before training stops.
+    #[arg(long, default_value_t = defaults::PATIENCE)]
+    pub patience: u32,
+    /// Upper bound on training epochs.
+    #[arg(long, default_value_t = defaults::MAX_EPOCHS)]
+    pub max_epochs: u32,
+    /// Examples held out from the end of the training file for validation.
+    #[arg(long, default_value_t = defaults::VALIDATION_SIZE)]
+    pub validation_size: usize,
+    /// Minibatches handed to a worker per work request.
+    #[arg(long, default_value_t = defaults::BATCHES_PER_WORK)]
+    pub batches_per_work: u32,
+    /// Output folder for the summary, event log and checkpoints
+    /// [default: runs/<date>-<time>].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub training: TrainingArgs,
+    /// Address to serve the coordinator on, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: String,
+    /// Parameter server address, HOST:PORT, as the workers reach it.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub ps: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Address to serve the parameter server on, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Coordinator address, HOST:PORT.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub coordinator: String,
+    /// Parameter server address, HOST:PORT [default: the address the
+    /// coordinator hands out].
+    #[arg(long)]
+    pub ps: Option<String>,
+    /// Name of this worker in logs and the run summary
+    /// [default: worker-<process id>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds to keep retrying the first connection to each peer.
+    #[arg(long, default_value_t = 60)]
+    pub connect_timeout: u64,
+}
+
+/// Which split of an MNIST folder `eval` scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint to score (a .safetensors file from a run directory).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// MNIST folder, or an IDX images file with its labels file beside it.
+    #[arg(long, default_value = defaults::DATA)]
+    pub data: PathBuf,
+    /// Split of an MNIST folder to score; a single file is scored whole.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+}
+
+fn parse_model(text: &str) -> Result<ModelSpec, String> {
+    text.parse().map_err(|error| format!("{error}"))
+}
+
+impl TrainingArgs {
+    /// Builds the coordinator's settings.
+    pub fn to_config(&self, run_dir: PathBuf, ps_address: String) -> CoordinatorConfig {
+        CoordinatorConfig {
+            data: self.data.clone(),
+            model: self.model.clone(),
+            workers: self.workers,
+            batch_size: self.batch_size,
+            learning_rate: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            patience: self.patience,
+            max_epochs: self.max_epochs,
+            validation_size: self.validation_size,
+            run_dir,
+            ps_address,
+            batches_per_work: self.batches_per_work,
+        }
+    }
+
+    /// The run directory, or `runs/<date>-<time>` when none was given.
+    pub fn run_dir_or_default(&self) -> PathBuf {
+        self.run_dir.clone().unwrap_or_else(|| {
+            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+            PathBuf::from("runs").join(stamp.to_string())
+        })
+    }
+}

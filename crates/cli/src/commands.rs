@@ -1,0 +1,202 @@
+//! What each subcommand does.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use downpour_coordinator::{PreparedRun, RunSummary, prepare};
+use downpour_data::{checkpoint, mnist};
+use downpour_model::{Mlp, Workspace};
+use downpour_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::args::{
+    Cli, Command, CoordinatorArgs, EvalArgs, PsArgs, Split, TrainArgs, TrainingArgs, WorkerArgs,
+};
+
+/// Runs the chosen subcommand.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Train(args) => train(args).await,
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Ps(args) => ps(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Eval(args) => eval(args).await,
+    }
+}
+
+/// Resolves when the process receives Ctrl-C.
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // Without a signal handler, run until the work ends by itself.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn bind(address: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{flag} {address}: cannot listen on this address"))
+}
+
+/// Loads and shards the data on a blocking thread.
+async fn prepare_run(
+    training: &TrainingArgs,
+    ps_address: String,
+) -> anyhow::Result<PreparedRun> {
+    let config = training.to_config(training.run_dir_or_default(), ps_address);
+    let prepared = tokio::task::spawn_blocking(move || prepare(config))
+        .await
+        .context("data preparation task failed")??;
+    Ok(prepared)
+}
+
+fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
+    let accuracy = summary
+        .test_accuracy
+        .map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}"));
+    println!(
+        "test accuracy {accuracy} | best validation error {:.2}% | {:.2} epochs | {} updates | stopped by {} | {:.1} s | {:.0} examples/s",
+        100.0 * summary.best_validation_error,
+        summary.epochs,
+        summary.updates,
+        summary.stop_reason,
+        summary.wall_seconds,
+        summary.examples_per_second,
+    );
+    println!("run directory: {}", run_dir.display());
+}
+
+async fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let training = &args.training;
+    let ps_listener = bind("127.0.0.1:0", "parameter server").await?;
+    let coordinator_listener = bind("127.0.0.1:0", "coordinator").await?;
+    let ps_address = ps_listener.local_addr()?.to_string();
+    let coordinator_address = coordinator_listener.local_addr()?.to_string();
+
+    let prepared = prepare_run(training, ps_address).await?;
+    let run_dir = prepared.config.run_dir.clone();
+    let workers = prepared.config.workers;
+
+    let ps = tokio::spawn(downpour_ps::serve(ps_listener, std::future::pending()));
+    let mut worker_tasks = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let config = WorkerConfig {
+            coordinator: coordinator_address.clone(),
+            ps: None,
+            name: format!("local-{index}"),
+            connect_timeout: Duration::from_secs(10),
+        };
+        worker_tasks.push(tokio::spawn(downpour_worker::run(
+            config,
+            std::future::pending(),
+        )));
+    }
+
+    let outcome = downpour_coordinator::run(prepared, coordinator_listener, ctrl_c()).await;
+    let summary = match outcome {
+        Ok(summary) => summary,
+        Err(error) => {
+            ps.abort();
+            for task in &worker_tasks {
+                task.abort();
+            }
+            return Err(error.into());
+        }
+    };
+    for task in worker_tasks {
+        match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(worker_error)) => error!(error = %worker_error, "worker failed"),
+            Err(join_error) => error!(error = %join_error, "worker task failed"),
+        }
+    }
+    if let Ok(Err(ps_error)) = ps.await {
+        error!(error = %ps_error, "parameter server failed");
+    }
+    print_summary(&summary, &run_dir);
+    Ok(())
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let prepared = prepare_run(&args.training, args.ps.clone()).await?;
+    let run_dir = prepared.config.run_dir.clone();
+    let listener = bind(&args.listen, "--listen").await?;
+    let summary = downpour_coordinator::run(prepared, listener, ctrl_c()).await?;
+    print_summary(&summary, &run_dir);
+    Ok(())
+}
+
+async fn ps(args: PsArgs) -> anyhow::Result<()> {
+    let listener = bind(&args.listen, "--listen").await?;
+    downpour_ps::serve(listener, ctrl_c())
+        .await
+        .context("parameter server failed")?;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = WorkerConfig {
+        coordinator: args.coordinator,
+        ps: args.ps,
+        name: args
+            .name
+            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    let report = downpour_worker::run(config, ctrl_c()).await?;
+    info!(
+        worker_id = report.worker_id,
+        minibatches = report.minibatches,
+        examples = report.examples,
+        "worker finished"
+    );
+    Ok(())
+}
+
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let result = tokio::task::spawn_blocking(move || evaluate_checkpoint(&args))
+        .await
+        .context("evaluation task failed")??;
+    println!("{result}");
+    Ok(())
+}
+
+fn evaluate_checkpoint(args: &EvalArgs) -> anyhow::Result<String> {
+    let (description, params) = checkpoint::load(&args.checkpoint)?;
+    let model = Mlp::new(&description)
+        .with_context(|| format!("{}: invalid model description", args.checkpoint.display()))?;
+    let splits = mnist::load(&args.data)?;
+    let dataset = match (args.split, splits.test) {
+        (Split::Test, Some(test)) => test,
+        (Split::Test, None) | (Split::Train, _) => splits.train,
+    };
+    if dataset.num_features() != model.inputs() {
+        bail!(
+            "{}: examples have {} features, but the checkpoint's model expects {}",
+            args.data.display(),
+            dataset.num_features(),
+            model.inputs()
+        );
+    }
+    if dataset.classes > model.classes() {
+        bail!(
+            "{}: the data has {} classes, but the checkpoint's model has {}",
+            args.data.display(),
+            dataset.classes,
+            model.classes()
+        );
+    }
+    let features = dataset.to_f32();
+    let mut workspace = Workspace::new(&model, 1000);
+    let pass = model.evaluate(&params, features.view(), &dataset.labels, &mut workspace);
+    let report = serde_json::json!({
+        "checkpoint": args.checkpoint.display().to_string(),
+        "data": args.data.display().to_string(),
+        "examples": pass.examples,
+        "accuracy": pass.accuracy(),
+        "error": pass.error_rate(),
+        "loss": pass.mean_loss(),
+    });
+    Ok(serde_json::to_string_pretty(&report)?)
+}

@@ -1,0 +1,185 @@
+//! Settings of a training run, with their defaults and validation.
+
+use std::path::PathBuf;
+
+use downpour_model::ModelSpec;
+
+/// Default settings, defined once and shared with the command line.
+pub mod defaults {
+    /// Bundled MNIST, relative to the repository root.
+    pub const DATA: &str = "data/mnist";
+    pub const MODEL: &str = "mlp:256,128";
+    pub const WORKERS: usize = 2;
+    pub const BATCH_SIZE: usize = 64;
+    pub const LEARNING_RATE: f32 = 0.05;
+    pub const MOMENTUM: f32 = 0.9;
+    pub const WEIGHT_DECAY: f32 = 0.0;
+    pub const SEED: u64 = 42;
+    /// About a quarter of an MNIST epoch at batch 64 (782 minibatches).
+    pub const EVAL_EVERY: u64 = 200;
+    pub const PATIENCE: u32 = 10;
+    pub const MAX_EPOCHS: u32 = 30;
+    /// The last 10,000 training images, as is usual for MNIST.
+    pub const VALIDATION_SIZE: usize = 10_000;
+    /// Minibatches handed to a worker per work request.
+    pub const BATCHES_PER_WORK: u32 = 16;
+}
+
+/// Everything the coordinator needs to run one training job.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// MNIST folder, or an IDX images file with its labels file beside it.
+    pub data: PathBuf,
+    pub model: ModelSpec,
+    /// Number of shards, and of workers the run waits for.
+    pub workers: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// Seed of the initial θ and of the one-time shuffle.
+    pub seed: u64,
+    /// Updates between two validation passes.
+    pub eval_every: u64,
+    /// Validation passes without improvement before training stops.
+    pub patience: u32,
+    pub max_epochs: u32,
+    /// Examples held out from the end of the training file for validation.
+    pub validation_size: usize,
+    pub run_dir: PathBuf,
+    /// Parameter server address, `HOST:PORT`, as workers should dial it.
+    pub ps_address: String,
+    pub batches_per_work: u32,
+}
+
+/// A setting out of range. Each message names the command-line flag.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--workers must be at least 1, got {0}")]
+    NoWorkers(usize),
+    #[error("--batch-size must be at least 1, got {0}")]
+    ZeroBatchSize(usize),
+    #[error("--lr must be a positive number, got {0}")]
+    InvalidLearningRate(f32),
+    #[error("--momentum must be in [0, 1), got {0}")]
+    InvalidMomentum(f32),
+    #[error("--weight-decay must be zero or positive, got {0}")]
+    InvalidWeightDecay(f32),
+    #[error("--eval-every must be at least 1 update, got {0}")]
+    ZeroEvalEvery(u64),
+    #[error("--patience must be at least 1 evaluation, got {0}")]
+    ZeroPatience(u32),
+    #[error("--max-epochs must be at least 1, got {0}")]
+    ZeroMaxEpochs(u32),
+    #[error("--validation-size must be at least 1 example, got {0}")]
+    ZeroValidationSize(usize),
+    #[error("--batches-per-work must be at least 1, got {0}")]
+    ZeroBatchesPerWork(u32),
+}
+
+impl CoordinatorConfig {
+    /// Returns the defaults, with the bundled MNIST as data and the given
+    /// run directory and parameter server address.
+    pub fn with_defaults(run_dir: PathBuf, ps_address: String) -> Self {
+        Self {
+            data: PathBuf::from(defaults::DATA),
+            model: ModelSpec::Mlp {
+                hidden: vec![256, 128],
+            },
+            workers: defaults::WORKERS,
+            batch_size: defaults::BATCH_SIZE,
+            learning_rate: defaults::LEARNING_RATE,
+            momentum: defaults::MOMENTUM,
+            weight_decay: defaults::WEIGHT_DECAY,
+            seed: defaults::SEED,
+            eval_every: defaults::EVAL_EVERY,
+            patience: defaults::PATIENCE,
+            max_epochs: defaults::MAX_EPOCHS,
+            validation_size: defaults::VALIDATION_SIZE,
+            run_dir,
+            ps_address,
+            batches_per_work: defaults::BATCHES_PER_WORK,
+        }
+    }
+
+    /// Checks every setting that does not depend on the data.
+    ///
+    /// # Errors
+    ///
+    /// Returns the first setting out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::NoWorkers(self.workers));
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::ZeroBatchSize(self.batch_size));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(ConfigError::InvalidLearningRate(self.learning_rate));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(ConfigError::InvalidMomentum(self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(ConfigError::InvalidWeightDecay(self.weight_decay));
+        }
+        if self.eval_every == 0 {
+            return Err(ConfigError::ZeroEvalEvery(self.eval_every));
+        }
+        if self.patience == 0 {
+            return Err(ConfigError::ZeroPatience(self.patience));
+        }
+        if self.max_epochs == 0 {
+            return Err(ConfigError::ZeroMaxEpochs(self.max_epochs));
+        }
+        if self.validation_size == 0 {
+            return Err(ConfigError::ZeroValidationSize(self.validation_size));
+        }
+        if self.batches_per_work == 0 {
+            return Err(ConfigError::ZeroBatchesPerWork(self.batches_per_work));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CoordinatorConfig {
+        CoordinatorConfig::with_defaults("runs/x".into(), "127.0.0.1:1".into())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_workers_names_the_flag() {
+        let config = CoordinatorConfig {
+            workers: 0,
+            ..config()
+        };
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.to_string(), "--workers must be at least 1, got 0");
+    }
+
+    #[test]
+    fn out_of_range_settings_are_rejected() {
+        let cases = [
+            CoordinatorConfig { batch_size: 0, ..config() },
+            CoordinatorConfig { learning_rate: -0.1, ..config() },
+            CoordinatorConfig { momentum: 1.0, ..config() },
+            CoordinatorConfig { weight_decay: f32::NAN, ..config() },
+            CoordinatorConfig { eval_every: 0, ..config() },
+            CoordinatorConfig { patience: 0, ..config() },
+            CoordinatorConfig { max_epochs: 0, ..config() },
+            CoordinatorConfig { validation_size: 0, ..config() },
+            CoordinatorConfig { batches_per_work: 0, ..config() },
+        ];
+        for case in cases {
+            assert!(case.validate().is_err(), "{case:?} was accepted");
+        }
+    }
+}

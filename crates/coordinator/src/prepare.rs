@@ -1,0 +1,137 @@
+//! Loads the data and builds everything a run needs before any server
+//! starts: the validation split, the one-time shuffle, the shards and θ₀.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use downpour_data::{Dataset, mnist, shard, shard_file, shuffle};
+use downpour_model::{ModelDescription, Mlp};
+use ndarray::Array2;
+use tracing::info;
+
+use crate::config::CoordinatorConfig;
+use crate::error::CoordinatorError;
+
+/// Features and labels of a held-out split, as f32 for evaluation.
+#[derive(Debug)]
+pub struct EvalSet {
+    pub features: Array2<f32>,
+    pub labels: Vec<u32>,
+}
+
+impl EvalSet {
+    fn from_dataset(dataset: &Dataset) -> Self {
+        Self {
+            features: dataset.to_f32(),
+            labels: dataset.labels.clone(),
+        }
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set holds no examples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// A run whose data is loaded, split, shuffled and sharded.
+#[derive(Debug)]
+pub struct PreparedRun {
+    pub config: CoordinatorConfig,
+    pub description: ModelDescription,
+    pub model: Mlp,
+    pub initial_params: Vec<f32>,
+    /// Training examples, over all shards.
+    pub train_examples: usize,
+    /// Rows of the shuffled training set held by each shard.
+    pub shard_rows: Vec<Range<usize>>,
+    /// Each shard encoded in the shard file format.
+    pub shard_files: Vec<Bytes>,
+    pub validation: EvalSet,
+    /// The test split, when the data has one.
+    pub test: Option<EvalSet>,
+}
+
+impl PreparedRun {
+    /// Minibatches in each shard.
+    pub fn batches_per_shard(&self) -> Vec<u32> {
+        let batch_size = self.config.batch_size;
+        self.shard_rows
+            .iter()
+            .map(|rows| {
+                u32::try_from(shard::batch_count(rows.len(), batch_size)).unwrap_or(u32::MAX)
+            })
+            .collect()
+    }
+}
+
+/// Validates the settings, loads the data and prepares the run.
+///
+/// Nothing is written to disk, so a failure here leaves no run directory.
+///
+/// # Errors
+///
+/// Returns an error for invalid settings, unreadable or malformed data, a
+/// validation split as large as the data, or too few minibatches for the
+/// number of workers.
+pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorError> {
+    config.validate()?;
+    let splits = mnist::load(&config.data)?;
+    let train_file_examples = splits.train.len();
+    if config.validation_size >= train_file_examples {
+        return Err(CoordinatorError::ValidationTooLarge {
+            validation: config.validation_size,
+            examples: train_file_examples,
+        });
+    }
+    let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
+
+    let order = shuffle::permutation(train.len(), config.seed);
+    let train = train.select(&order);
+    let shard_rows = shard::plan(train.len(), config.batch_size, config.workers).map_err(
+        |source| CoordinatorError::Sharding {
+            examples: train.len(),
+            batch_size: config.batch_size,
+            workers: config.workers,
+            source,
+        },
+    )?;
+    let shard_files = shard_rows
+        .iter()
+        .map(|rows| {
+            let indices: Vec<usize> = rows.clone().collect();
+            Bytes::from(shard_file::encode(&train.select(&indices)))
+        })
+        .collect();
+
+    let description =
+        ModelDescription::new(&config.model, train.num_features(), train.classes)?;
+    let model = Mlp::new(&description)?;
+    let initial_params = model.init_params(config.seed);
+
+    info!(
+        data = %config.data.display(),
+        train = train.len(),
+        validation = validation.len(),
+        test = splits.test.as_ref().map_or(0, Dataset::len),
+        shards = shard_rows.len(),
+        model = %config.model,
+        parameters = model.num_params(),
+        "data prepared"
+    );
+    Ok(PreparedRun {
+        train_examples: train.len(),
+        shard_rows,
+        shard_files,
+        validation: EvalSet::from_dataset(&validation),
+        test: splits.test.as_ref().map(EvalSet::from_dataset),
+        description,
+        model,
+        initial_params,
+        config,
+    })
+}

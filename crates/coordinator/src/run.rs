@@ -1,0 +1,455 @@
+//! The training driver: it puts θ₀ on the parameter server, waits for the
+//! workers, validates every `eval_every` updates, stops early, measures the
+//! test split with the best θ and writes the run directory.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use downpour_model::{Evaluation, Mlp, Workspace};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry, server_builder};
+use downpour_proto::v1::coordinator_server::CoordinatorServer;
+use downpour_proto::v1::parameter_server_client::ParameterServerClient;
+use downpour_proto::v1::{
+    FinishRequest, InitRequest, OptimizerConfig, PullReply, PullRequest, PushTotals,
+};
+use downpour_proto::{decode_f32s, encode_f32s};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use crate::early_stopping::{EarlyStopping, Verdict};
+use crate::error::CoordinatorError;
+use crate::prepare::{EvalSet, PreparedRun};
+use crate::run_dir::{
+    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,
+};
+use crate::schedule::WorkSchedule;
+use crate::service::{CoordinatorService, RunInfo, Shared};
+
+/// How long the coordinator keeps trying to reach the parameter server.
+const PS_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the coordinator waits for every worker to learn that training
+/// stopped before it ends the run anyway.
+const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Rows evaluated per forward pass.
+const EVAL_BATCH: usize = 1000;
+
+type PsClient = ParameterServerClient<Channel>;
+
+/// Runs a prepared training job: serves the coordinator on `listener`
+/// until training ends or `shutdown` resolves, and returns the summary that
+/// it also wrote to the run directory.
+///
+/// # Errors
+///
+/// Returns an error when the run directory cannot be written, the parameter
+/// server cannot be reached or rejects θ₀, or `shutdown` resolves first.
+pub async fn run(
+    prepared: PreparedRun,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, CoordinatorError> {
+    let mut run_dir = RunDir::create(&prepared.config.run_dir)?;
+    run_dir.save_checkpoint(
+        INITIAL_CHECKPOINT,
+        &prepared.description,
+        &prepared.initial_params,
+    )?;
+
+    let shared = Arc::new(Shared::new(
+        run_info(&prepared, &run_dir),
+        WorkSchedule::new(
+            &prepared.batches_per_shard(),
+            prepared.config.max_epochs,
+            prepared.config.batches_per_work,
+        ),
+    ));
+    let service = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    info!(address = ?listener.local_addr().ok(), "coordinator listening");
+    let server = tokio::spawn(
+        server_builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                server_stopped.await.ok();
+            }),
+    );
+
+    let outcome = tokio::select! {
+        outcome = drive(prepared, &shared, &mut run_dir) => outcome,
+        () = shutdown => Err(CoordinatorError::Interrupted),
+    };
+
+    let _ = stop_server.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "coordinator server stopped with an error"),
+        Err(error) => warn!(%error, "coordinator server task failed"),
+    }
+    outcome
+}
+
+fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
+    let name = run_dir
+        .path()
+        .file_name()
+        .map_or_else(|| "run".to_owned(), |n| n.to_string_lossy().into_owned());
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    RunInfo {
+        run_id: format!("{name}-{started}"),
+        model_json: prepared.description.to_json(),
+        batch_size: prepared.config.batch_size,
+        ps_address: prepared.config.ps_address.clone(),
+        expected_workers: prepared.config.workers,
+        shard_files: prepared.shard_files.clone(),
+        shard_lengths: prepared.shard_rows.iter().map(|rows| rows.len()).collect(),
+    }
+}
+
+/// The model and buffers used for validation and test passes.
+#[derive(Debug)]
+struct Evaluator {
+    model: Mlp,
+    workspace: Workspace,
+}
+
+impl Evaluator {
+    /// Evaluates `params` on `set` on a blocking thread, so the servers in
+    /// this process keep answering.
+    async fn evaluate(
+        evaluator: &Arc<Mutex<Self>>,
+        params: Arc<Vec<f32>>,
+        set: Arc<EvalSet>,
+    ) -> Evaluation {
+        let evaluator = evaluator.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let mut guard = evaluator.lock().unwrap_or_else(|p| p.into_inner());
+            let Evaluator { model, workspace } = &mut *guard;
+            model.evaluate(&params, set.features.view(), &set.labels, workspace)
+        });
+        pass.await.unwrap_or_else(|error| {
+            // spawn_blocking fails only if the pass panicked or the runtime
+            // is shutting down; a panic is a bug worth surfacing.
+            std::panic::resume_unwind(error.into_panic())
+        })
+    }
+}
+
+/// The best θ and where it was measured.
+#[derive(Debug)]
+struct BestSnapshot {
+    params: Arc<Vec<f32>>,
+    updates: u64,
+    epoch: f64,
+}
+
+/// Push totals at the previous validation pass.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mark {
+    examples: u64,
+    loss_sum: f64,
+    pushes: u64,
+    staleness_sum: u64,
+    seconds: f64,
+}
+
+fn ps_error(address: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
+    move |status| CoordinatorError::ParameterServer {
+        address: address.to_owned(),
+        message: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+async fn connect_ps(address: &str) -> Result<PsClient, CoordinatorError> {
+    let channel = connect_with_retry("parameter server", address, PS_CONNECT_TIMEOUT)
+        .await
+        .map_err(|error| CoordinatorError::ParameterServer {
+            address: address.to_owned(),
+            message: error.to_string(),
+        })?;
+    Ok(ParameterServerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+async fn drive(
+    prepared: PreparedRun,
+    shared: &Arc<Shared>,
+    run_dir: &mut RunDir,
+) -> Result<RunSummary, CoordinatorError> {
+    let PreparedRun {
+        config,
+        description,
+        model,
+        initial_params,
+        train_examples,
+        validation,
+        test,
+        ..
+    } = prepared;
+    let address = config.ps_address.as_str();
+
+    let mut ps = connect_ps(address).await?;
+    ps.init(InitRequest {
+        run_id: shared.info.run_id.clone(),
+        params: encode_f32s(&initial_params),
+        optimizer: Some(OptimizerConfig {
+            learning_rate: config.learning_rate,
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+        }),
+    })
+    .await
+    .map_err(ps_error(address))?;
+    info!(ps = address, "parameters initialised; waiting for workers");
+
+    let mut registered = shared.registered.subscribe();
+    registered
+        .wait_for(|&count| count >= config.workers)
+        .await
+        .map_err(|_| CoordinatorError::Interrupted)?;
+    shared.lock().started = true;
+    let started = Instant::now();
+    info!(workers = config.workers, "training started");
+
+    let evaluator = Arc::new(Mutex::new(Evaluator {
+        workspace: Workspace::new(&model, EVAL_BATCH),
+        model,
+    }));
+    let validation = Arc::new(validation);
+    let mut stopping = EarlyStopping::<BestSnapshot>::new(config.patience);
+    let mut previous = Mark::default();
+    let mut evaluations = 0u32;
+    let mut last_version = None;
+    let mut next_eval = config.eval_every;
+    let mut epochs_done = shared.epochs_done.subscribe();
+
+    let stop_reason = loop {
+        let mut waiting_ps = ps.clone();
+        let last_epoch_done = tokio::select! {
+            reply = waiting_ps.pull(PullRequest { min_version: next_eval }) => {
+                Some(reply.map_err(ps_error(address))?.into_inner())
+            }
+            done = epochs_done.wait_for(|&done| done) => {
+                done.map_err(|_| CoordinatorError::Interrupted)?;
+                None
+            }
+        };
+        let final_pass = last_epoch_done.is_none();
+        let reply = match last_epoch_done {
+            Some(reply) => reply,
+            None => pull_now(&mut ps, address).await?,
+        };
+
+        if last_version != Some(reply.version) {
+            last_version = Some(reply.version);
+            evaluations += 1;
+            let params = Arc::new(decode_f32s(&reply.params).map_err(|error| {
+                CoordinatorError::ParameterServer {
+                    address: address.to_owned(),
+                    message: format!("pulled parameters are malformed: {error}"),
+                }
+            })?);
+            let pass = Evaluator::evaluate(&evaluator, params.clone(), validation.clone()).await;
+            let totals = reply.totals.unwrap_or_default();
+            let seconds = started.elapsed().as_secs_f64();
+            let epoch = totals.examples as f64 / train_examples as f64;
+
+            let verdict = stopping.observe(pass.error_rate(), || BestSnapshot {
+                params: params.clone(),
+                updates: reply.version,
+                epoch,
+            });
+            if verdict == Verdict::Improved {
+                run_dir.save_checkpoint(BEST_CHECKPOINT, &description, &params)?;
+            }
+            let best_error = stopping.best().map_or(pass.error_rate(), |(error, _)| error);
+            let event = eval_event(evaluations, reply.version, epoch, seconds, &totals, previous, &pass, best_error);
+            log_progress(&event);
+            run_dir.append_event(&event)?;
+            previous = Mark {
+                examples: totals.examples,
+                loss_sum: totals.loss_sum,
+                pushes: totals.pushes,
+                staleness_sum: totals.staleness_sum,
+                seconds,
+            };
+
+            if verdict == Verdict::Stop {
+                info!(
+                    patience = config.patience,
+                    best_validation_error = best_error,
+                    "validation error stopped improving; stopping early"
+                );
+                break "early_stopping";
+            }
+        }
+        if final_pass {
+            info!(max_epochs = config.max_epochs, "reached the epoch limit; stopping");
+            break "max_epochs";
+        }
+        next_eval = (reply.version / config.eval_every + 1) * config.eval_every;
+    };
+    let wall_seconds = started.elapsed().as_secs_f64();
+    shared.lock().schedule.stop(stop_reason);
+
+    let (best_validation_error, best) = stopping
+        .into_best()
+        .expect("the loop runs at least one validation pass before it stops");
+    let test_pass = match test {
+        Some(test) => {
+            Some(Evaluator::evaluate(&evaluator, best.params.clone(), Arc::new(test)).await)
+        }
+        None => None,
+    };
+
+    wait_for_workers_to_stop(shared, config.workers).await;
+    let final_reply = pull_now(&mut ps, address).await?;
+    if let Err(status) = ps.finish(FinishRequest {}).await {
+        warn!(ps = address, error = %status.message(), "parameter server did not acknowledge the end of the run");
+    }
+    let totals = final_reply.totals.unwrap_or_default();
+
+    let mut per_worker = shared.lock().workers.clone();
+    for worker in &mut per_worker {
+        worker.pushes = totals
+            .pushes_by_worker
+            .get(&worker.id)
+            .copied()
+            .unwrap_or(0);
+    }
+    let examples = totals.examples;
+    let summary = RunSummary {
+        run_id: shared.info.run_id.clone(),
+        data: config.data.display().to_string(),
+        model: config.model.to_string(),
+        parameters: description.parameters,
+        test_accuracy: test_pass.map(|pass| pass.accuracy()),
+        test_loss: test_pass.map(|pass| pass.mean_loss()),
+        test_examples: test_pass.map_or(0, |pass| pass.examples),
+        best_validation_error,
+        best_updates: best.updates,
+        best_epoch: best.epoch,
+        epochs: examples as f64 / train_examples as f64,
+        updates: final_reply.version,
+        examples,
+        stop_reason: stop_reason.to_owned(),
+        evaluations,
+        wall_seconds,
+        examples_per_second: examples as f64 / wall_seconds.max(f64::EPSILON),
+        workers: per_worker.len(),
+        per_worker,
+        staleness: StalenessSummary {
+            mean: totals.staleness_sum as f64 / totals.pushes.max(1) as f64,
+            max: totals.max_staleness,
+        },
+        train_examples,
+        validation_examples: validation.len(),
+        batch_size: config.batch_size,
+        learning_rate: config.learning_rate,
+        momentum: config.momentum,
+        weight_decay: config.weight_decay,
+        seed: config.seed,
+        eval_every: config.eval_every,
+        patience: config.patience,
+        max_epochs: config.max_epochs,
+        checkpoint: format!("{BEST_CHECKPOINT}.safetensors"),
+    };
+    let path = run_dir.write_summary(&summary)?;
+    info!(
+        test_accuracy = ?summary.test_accuracy,
+        best_validation_error,
+        stop_reason,
+        epochs = summary.epochs,
+        updates = summary.updates,
+        wall_seconds,
+        summary = %path.display(),
+        "run finished"
+    );
+    Ok(summary)
+}
+
+async fn pull_now(ps: &mut PsClient, address: &str) -> Result<PullReply, CoordinatorError> {
+    Ok(ps
+        .pull(PullRequest { min_version: 0 })
+        .await
+        .map_err(ps_error(address))?
+        .into_inner())
+}
+
+async fn wait_for_workers_to_stop(shared: &Shared, workers: usize) {
+    let mut stopped = shared.stopped_workers.subscribe();
+    let all_stopped = stopped.wait_for(|&count| count >= workers);
+    let in_time = tokio::time::timeout(WORKER_STOP_TIMEOUT, all_stopped)
+        .await
+        .is_ok();
+    match in_time {
+        true => info!(workers, "every worker was told to stop"),
+        false => warn!(
+            told = *shared.stopped_workers.borrow(),
+            workers,
+            timeout_seconds = WORKER_STOP_TIMEOUT.as_secs(),
+            "not every worker asked for work after the stop; ending the run anyway"
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one row of the event log, field by field
+fn eval_event(
+    evaluation: u32,
+    updates: u64,
+    epoch: f64,
+    seconds: f64,
+    totals: &PushTotals,
+    previous: Mark,
+    pass: &Evaluation,
+    best_validation_error: f64,
+) -> EvalEvent {
+    let pushes = totals.pushes.saturating_sub(previous.pushes);
+    let examples = totals.examples.saturating_sub(previous.examples);
+    let interval = seconds - previous.seconds;
+    EvalEvent {
+        evaluation,
+        epoch,
+        updates,
+        examples: totals.examples,
+        wall_seconds: seconds,
+        train_loss: (pushes > 0).then(|| (totals.loss_sum - previous.loss_sum) / pushes as f64),
+        validation_error: pass.error_rate(),
+        validation_loss: pass.mean_loss(),
+        best_validation_error,
+        examples_per_second: if interval > 0.0 {
+            examples as f64 / interval
+        } else {
+            0.0
+        },
+        mean_staleness: (pushes > 0).then(|| {
+            totals.staleness_sum.saturating_sub(previous.staleness_sum) as f64 / pushes as f64
+        }),
+    }
+}
+
+fn log_progress(event: &EvalEvent) {
+    let train_loss = event
+        .train_loss
+        .map_or_else(|| "-".to_owned(), |loss| format!("{loss:.4}"));
+    info!(
+        target: "downpour::progress",
+        "epoch {:>5.2} | updates {:>6} | train loss {} | val error {:.2}% (best {:.2}%) | {:.0} examples/s",
+        event.epoch,
+        event.updates,
+        train_loss,
+        100.0 * event.validation_error,
+        100.0 * event.best_validation_error,
+        event.examples_per_second,
+    );
+}

@@ -1,0 +1,183 @@
+//! The run directory: the event log, checkpoints and the summary.
+//!
+//! `summary.json` is written last, through a temporary file and a rename,
+//! so a directory with a summary holds a finished run and one without it
+//! holds a run that stopped early or is still going.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use downpour_data::{atomic, checkpoint};
+use downpour_model::ModelDescription;
+use serde::Serialize;
+
+use crate::error::CoordinatorError;
+use crate::service::WorkerRecord;
+
+/// One row of `events.jsonl`, written after each validation pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalEvent {
+    /// 1 for the first validation pass.
+    pub evaluation: u32,
+    /// Training examples processed divided by training examples per epoch.
+    pub epoch: f64,
+    /// Parameter-server version the snapshot was taken at.
+    pub updates: u64,
+    /// Training examples behind the applied updates.
+    pub examples: u64,
+    /// Seconds since training started.
+    pub wall_seconds: f64,
+    /// Mean minibatch loss of the updates since the previous pass; null when
+    /// there were none.
+    pub train_loss: Option<f64>,
+    pub validation_error: f64,
+    pub validation_loss: f64,
+    pub best_validation_error: f64,
+    /// Training examples per second since the previous pass.
+    pub examples_per_second: f64,
+    /// Mean staleness of the pushes since the previous pass.
+    pub mean_staleness: Option<f64>,
+}
+
+/// Push staleness over the whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StalenessSummary {
+    pub mean: f64,
+    pub max: u64,
+}
+
+/// The contents of `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub data: String,
+    pub model: String,
+    pub parameters: usize,
+    /// Accuracy of the best-validation θ on the test split, when there is
+    /// one.
+    pub test_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub test_examples: usize,
+    pub best_validation_error: f64,
+    /// Parameter-server version of the best θ.
+    pub best_updates: u64,
+    pub best_epoch: f64,
+    /// Training examples processed divided by training examples per epoch.
+    pub epochs: f64,
+    /// Updates applied by the parameter server.
+    pub updates: u64,
+    pub examples: u64,
+    /// `early_stopping` or `max_epochs`.
+    pub stop_reason: String,
+    pub evaluations: u32,
+    /// Seconds from the start of training to the stop decision.
+    pub wall_seconds: f64,
+    /// Training examples divided by `wall_seconds`.
+    pub examples_per_second: f64,
+    pub workers: usize,
+    pub per_worker: Vec<WorkerRecord>,
+    pub staleness: StalenessSummary,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+    pub eval_every: u64,
+    pub patience: u32,
+    pub max_epochs: u32,
+    /// File name of the best-θ checkpoint inside the run directory.
+    pub checkpoint: String,
+}
+
+/// An open run directory.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    events: BufWriter<File>,
+}
+
+/// File name of the best-θ checkpoint, without its extension.
+pub const BEST_CHECKPOINT: &str = "best";
+/// File name of the θ₀ checkpoint, without its extension.
+pub const INITIAL_CHECKPOINT: &str = "initial";
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CoordinatorError + '_ {
+    move |source| CoordinatorError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl RunDir {
+    /// Creates the directory, or reuses an empty or unfinished one.
+    ///
+    /// # Errors
+    ///
+    /// Refuses a directory that already holds a `summary.json`, so a
+    /// finished run is never overwritten.
+    pub fn create(path: &Path) -> Result<Self, CoordinatorError> {
+        if path.join("summary.json").exists() {
+            return Err(CoordinatorError::RunDirectoryTaken(path.to_owned()));
+        }
+        fs::create_dir_all(path).map_err(io_error(path))?;
+        let events_path = path.join("events.jsonl");
+        let events = File::create(&events_path).map_err(io_error(&events_path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            events: BufWriter::new(events),
+        })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one row to `events.jsonl` and flushes it.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of the write.
+    pub fn append_event(&mut self, event: &EvalEvent) -> Result<(), CoordinatorError> {
+        let path = self.path.join("events.jsonl");
+        let line = serde_json::to_string(event).map_err(|e| CoordinatorError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        writeln!(self.events, "{line}").map_err(io_error(&path))?;
+        self.events.flush().map_err(io_error(&path))
+    }
+
+    /// Writes a safetensors checkpoint and `model.json`.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of the write.
+    pub fn save_checkpoint(
+        &self,
+        stem: &str,
+        description: &ModelDescription,
+        params: &[f32],
+    ) -> Result<PathBuf, CoordinatorError> {
+        Ok(checkpoint::save(&self.path, stem, description, params)?)
+    }
+
+    /// Writes `summary.json` atomically.
+    ///
+    /// # Errors
+    ///
+    /// Returns the error of the write.
+    pub fn write_summary(&self, summary: &RunSummary) -> Result<PathBuf, CoordinatorError> {
+        let path = self.path.join("summary.json");
+        let mut text = serde_json::to_string_pretty(summary).map_err(|e| CoordinatorError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        text.push('\n');
+        atomic::write_atomic(&path, text.as_bytes()).map_err(io_error(&path))?;
+        Ok(path)
+    }
+}

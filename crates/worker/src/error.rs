@@ -1,0 +1,49 @@
+//! Errors that end a worker.
+
+/// Why a worker stopped before the coordinator told it to.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Connect(#[from] downpour_proto::transport::ConnectError),
+    #[error("{call} failed: {code:?}: {message}")]
+    Rpc {
+        call: &'static str,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("the coordinator sent an invalid model description: {0}")]
+    Model(#[from] downpour_model::ModelError),
+    #[error("shard {shard} is invalid: {source}")]
+    Shard {
+        shard: u32,
+        source: downpour_data::DataError,
+    },
+    #[error("shard {shard} has {actual} features per example, but the model expects {expected}")]
+    ShardShape {
+        shard: u32,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("shard {shard} stream ended after {received} of {expected} bytes")]
+    ShardTruncated {
+        shard: u32,
+        received: usize,
+        expected: u64,
+    },
+    #[error("work range asks for minibatch {batch} of shard {shard}, which has {batches}")]
+    RangeOutOfShard { shard: u32, batch: u32, batches: usize },
+    #[error("the parameter server sent malformed parameters: {0}")]
+    Params(#[from] downpour_proto::F32BytesError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl WorkerError {
+    pub(crate) fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> Self {
+        move |status| Self::Rpc {
+            call,
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+}

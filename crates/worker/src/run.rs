@@ -1,0 +1,307 @@
+//! The worker's network loop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use downpour_data::{Dataset, shard, shard_file};
+use downpour_model::{ModelDescription, Mlp};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
+use downpour_proto::v1::coordinator_client::CoordinatorClient;
+use downpour_proto::v1::parameter_server_client::ParameterServerClient;
+use downpour_proto::v1::{
+    CompleteWorkRequest, FetchShardRequest, NextWorkRequest, PullRequest, PushRequest,
+    RegisterRequest, WorkRange, next_work_reply,
+};
+use downpour_proto::{decode_f32s_into, encode_f32s};
+use tonic::transport::Channel;
+use tracing::{debug, info};
+
+use crate::error::WorkerError;
+use crate::trainer::Trainer;
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator address, `HOST:PORT`.
+    pub coordinator: String,
+    /// Parameter server address; when `None`, the address the coordinator
+    /// hands out is used.
+    pub ps: Option<String>,
+    /// Name shown in the coordinator's logs and summary.
+    pub name: String,
+    /// How long to keep retrying the first connection to each peer.
+    pub connect_timeout: Duration,
+}
+
+/// What a worker did, returned when the coordinator stops it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerReport {
+    pub worker_id: u32,
+    pub minibatches: u64,
+    pub examples: u64,
+    /// Pushes the parameter server applied.
+    pub pushes: u64,
+    pub stop_reason: String,
+}
+
+type Coordinator = CoordinatorClient<Channel>;
+type ParameterServer = ParameterServerClient<Channel>;
+
+/// Runs a worker until the coordinator stops it or `shutdown` resolves.
+///
+/// # Errors
+///
+/// Returns an error when a peer cannot be reached, an RPC fails, the
+/// coordinator sends data that does not fit the model, or `shutdown`
+/// resolves first.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<WorkerReport, WorkerError> {
+    tokio::select! {
+        report = work(config) => report,
+        () = shutdown => Err(WorkerError::Interrupted),
+    }
+}
+
+async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
+    let channel =
+        connect_with_retry("coordinator", &config.coordinator, config.connect_timeout).await?;
+    let mut coordinator = CoordinatorClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let registration = coordinator
+        .register(RegisterRequest {
+            name: config.name.clone(),
+        })
+        .await
+        .map_err(WorkerError::rpc("Register"))?
+        .into_inner();
+    let worker_id = registration.worker_id;
+    let description = ModelDescription::from_json(&registration.model_json)?;
+    let batch_size = registration.batch_size.max(1) as usize;
+    let ps_address = config.ps.clone().unwrap_or(registration.ps_address);
+    info!(
+        worker_id,
+        run_id = %registration.run_id,
+        model = %description.spec,
+        ps = %ps_address,
+        "registered with the coordinator"
+    );
+
+    let channel =
+        connect_with_retry("parameter server", &ps_address, config.connect_timeout).await?;
+    let mut ps = ParameterServerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let mut session = Session {
+        worker_id,
+        batch_size,
+        trainer: Some(Trainer::new(Mlp::new(&description)?, batch_size)),
+        version: 0,
+        sequence: 0,
+        shards: HashMap::new(),
+        report: WorkerReport {
+            worker_id,
+            minibatches: 0,
+            examples: 0,
+            pushes: 0,
+            stop_reason: String::new(),
+        },
+    };
+    session.pull(&mut ps).await?;
+
+    loop {
+        let reply = coordinator
+            .next_work(NextWorkRequest { worker_id })
+            .await
+            .map_err(WorkerError::rpc("NextWork"))?
+            .into_inner();
+        match reply.action {
+            Some(next_work_reply::Action::Work(range)) => {
+                session.train_range(&mut coordinator, &mut ps, range).await?;
+                let done = coordinator
+                    .complete_work(CompleteWorkRequest {
+                        worker_id,
+                        work: Some(range),
+                    })
+                    .await
+                    .map_err(WorkerError::rpc("CompleteWork"))?
+                    .into_inner();
+                if done.stop {
+                    session.report.stop_reason = "stopped by the coordinator".to_owned();
+                    break;
+                }
+            }
+            Some(next_work_reply::Action::WaitMs(ms)) => {
+                tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
+            }
+            Some(next_work_reply::Action::Stop(stop)) => {
+                session.report.stop_reason = stop.reason;
+                break;
+            }
+            None => {
+                return Err(WorkerError::Rpc {
+                    call: "NextWork",
+                    code: tonic::Code::Internal,
+                    message: "the reply holds no action".to_owned(),
+                });
+            }
+        }
+    }
+    info!(
+        worker_id,
+        minibatches = session.report.minibatches,
+        examples = session.report.examples,
+        reason = %session.report.stop_reason,
+        "worker stopped"
+    );
+    Ok(session.report)
+}
+
+/// A registered worker's state between steps.
+#[derive(Debug)]
+struct Session {
+    worker_id: u32,
+    batch_size: usize,
+    /// `None` only while a step runs on the blocking pool.
+    trainer: Option<Trainer>,
+    /// Version of the θ in the trainer.
+    version: u64,
+    sequence: u64,
+    shards: HashMap<u32, Arc<Dataset>>,
+    report: WorkerReport,
+}
+
+impl Session {
+    fn trainer(&mut self) -> &mut Trainer {
+        self.trainer
+            .as_mut()
+            .expect("the trainer is back from the blocking pool between steps")
+    }
+
+    async fn pull(&mut self, ps: &mut ParameterServer) -> Result<(), WorkerError> {
+        let reply = ps
+            .pull(PullRequest { min_version: 0 })
+            .await
+            .map_err(WorkerError::rpc("Pull"))?
+            .into_inner();
+        decode_f32s_into(&reply.params, &mut self.trainer().params)?;
+        self.version = reply.version;
+        Ok(())
+    }
+
+    async fn shard(
+        &mut self,
+        coordinator: &mut Coordinator,
+        index: u32,
+    ) -> Result<Arc<Dataset>, WorkerError> {
+        if let Some(shard) = self.shards.get(&index) {
+            return Ok(shard.clone());
+        }
+        let shard = Arc::new(fetch_shard(coordinator, index).await?);
+        let expected = self.trainer().inputs();
+        if shard.num_features() != expected {
+            return Err(WorkerError::ShardShape {
+                shard: index,
+                expected,
+                actual: shard.num_features(),
+            });
+        }
+        info!(worker_id = self.worker_id, shard = index, examples = shard.len(), "shard loaded");
+        self.shards.insert(index, shard.clone());
+        Ok(shard)
+    }
+
+    async fn train_range(
+        &mut self,
+        coordinator: &mut Coordinator,
+        ps: &mut ParameterServer,
+        range: WorkRange,
+    ) -> Result<(), WorkerError> {
+        let shard = self.shard(coordinator, range.shard).await?;
+        let batches = shard::batch_count(shard.len(), self.batch_size);
+        debug!(worker_id = self.worker_id, epoch = range.epoch, shard = range.shard, first = range.first_batch, count = range.batch_count, "work range");
+        for batch in range.first_batch..range.first_batch.saturating_add(range.batch_count) {
+            if batch as usize >= batches {
+                return Err(WorkerError::RangeOutOfShard {
+                    shard: range.shard,
+                    batch,
+                    batches,
+                });
+            }
+            let rows = shard::batch_rows(shard.len(), self.batch_size, batch as usize);
+            let examples = rows.len();
+            let mut trainer = self.trainer.take().expect("the trainer is idle between steps");
+            let step_shard = shard.clone();
+            let (trainer, loss) = tokio::task::spawn_blocking(move || {
+                let loss = trainer.step(&step_shard, rows);
+                (trainer, loss)
+            })
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            self.trainer = Some(trainer);
+
+            self.sequence += 1;
+            let request = PushRequest {
+                worker_id: self.worker_id,
+                sequence: self.sequence,
+                version: self.version,
+                gradient: encode_f32s(&self.trainer().gradient),
+                examples: examples as u32,
+                loss,
+                return_params: true,
+            };
+            let reply = ps
+                .push(request)
+                .await
+                .map_err(WorkerError::rpc("Push"))?
+                .into_inner();
+            decode_f32s_into(&reply.params, &mut self.trainer().params)?;
+            self.version = reply.version;
+            self.report.pushes += 1;
+            self.report.minibatches += 1;
+            self.report.examples += examples as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound on the memory reserved up front for a shard, whatever size
+/// the stream announces; the buffer still grows past it as bytes arrive.
+const MAX_SHARD_RESERVE: u64 = 1 << 30;
+
+async fn fetch_shard(coordinator: &mut Coordinator, index: u32) -> Result<Dataset, WorkerError> {
+    let mut stream = coordinator
+        .fetch_shard(FetchShardRequest { shard: index })
+        .await
+        .map_err(WorkerError::rpc("FetchShard"))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    let mut expected = 0;
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(WorkerError::rpc("FetchShard"))?
+    {
+        if bytes.is_empty() {
+            expected = chunk.total_bytes;
+            bytes.reserve(expected.min(MAX_SHARD_RESERVE) as usize);
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    if bytes.len() as u64 != expected {
+        return Err(WorkerError::ShardTruncated {
+            shard: index,
+            received: bytes.len(),
+            expected,
+        });
+    }
+    shard_file::decode(&bytes).map_err(|source| WorkerError::Shard {
+        shard: index,
+        source,
+    })
+}
