@@ -1,1 +1,23 @@
-//! placeholder
+//! Models for Downpour: softmax regression and multilayer perceptrons with ReLU hidden
+//! layers, trained with the mean cross-entropy over a minibatch.
+//!
+//! The parameters θ of a model are one flat `f32` vector of named tensors, whose layout a
+//! [`ModelDescription`] records. An [`Mlp`] computes losses, gradients and predictions for
+//! a θ passed in by the caller, using a reusable [`Workspace`] for intermediate buffers.
+//! The crate does no file or network I/O.
+
+mod description;
+mod error;
+mod evaluation;
+mod layer;
+mod mlp;
+mod softmax;
+mod spec;
+mod workspace;
+
+pub use description::{ModelDescription, TensorInfo};
+pub use error::ModelError;
+pub use evaluation::Evaluation;
+pub use mlp::Mlp;
+pub use spec::ModelSpec;
+pub use workspace::Workspace;
