@@ -1,0 +1,164 @@
+//! Bad input ends `downpour train` with a one-line error that names the file
+//! or flag, a non-zero exit status, no panic, and no run directory.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use downpour_data::idx;
+
+/// Writes a valid, small MNIST-shaped folder (raw IDX, 100 training and 20
+/// test examples) and returns its path.
+fn small_mnist(dir: &Path) -> PathBuf {
+    let data = dir.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    for (prefix, count) in [("train", 100usize), ("t10k", 20)] {
+        let pixels: Vec<u8> = (0..count * 28 * 28).map(|i| (i % 251) as u8).collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+        idx::write_idx(
+            &data.join(format!("{prefix}-images-idx3-ubyte")),
+            &[count, 28, 28],
+            &pixels,
+            false,
+        )
+        .unwrap();
+        idx::write_idx(
+            &data.join(format!("{prefix}-labels-idx1-ubyte")),
+            &[count],
+            &labels,
+            false,
+        )
+        .unwrap();
+    }
+    data
+}
+
+/// Runs `downpour train` with `args` and checks the failure; returns the
+/// error line.
+fn train_fails(dir: &Path, args: &[&str]) -> String {
+    let run_dir = dir.join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .arg("train")
+        .args(args)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .arg("--validation-size")
+        .arg("10")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+
+    assert!(!output.status.success(), "train succeeded with {args:?}");
+    assert!(!stderr.contains("panicked"), "panic with {args:?}:\n{stderr}");
+    assert!(!run_dir.exists(), "a run directory was created with {args:?}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    errors[0].to_owned()
+}
+
+fn assert_mentions(line: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(
+            line.to_lowercase().contains(&part.to_lowercase()),
+            "{line:?} does not mention {part:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_data_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+
+    let line = train_fails(dir.path(), &["--data", missing.to_str().unwrap()]);
+
+    assert_mentions(&line, &[missing.to_str().unwrap(), "not found"]);
+}
+
+#[test]
+fn unreadable_images_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let images = data.join("train-images-idx3-ubyte");
+    std::fs::remove_file(&images).unwrap();
+    std::fs::create_dir(&images).unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[images.to_str().unwrap()]);
+}
+
+#[test]
+fn wrong_magic_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let images = data.join("train-images-idx3-ubyte");
+    std::fs::write(&images, [0x12, 0x34, 0x56, 0x78, 0, 0, 0, 1]).unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[images.to_str().unwrap(), "magic", "0x12345678"]);
+}
+
+#[test]
+fn truncated_images_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let images = data.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&images).unwrap();
+    std::fs::write(&images, &bytes[..bytes.len() / 2]).unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[images.to_str().unwrap(), "truncated"]);
+}
+
+#[test]
+fn image_and_label_counts_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let labels = data.join("train-labels-idx1-ubyte");
+    idx::write_idx(&labels, &[99], &[0; 99], false).unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[labels.to_str().unwrap(), "100", "99"]);
+}
+
+#[test]
+fn label_outside_class_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let labels = data.join("train-labels-idx1-ubyte");
+    let mut values = vec![3u8; 100];
+    values[42] = 12;
+    idx::write_idx(&labels, &[100], &values, false).unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[labels.to_str().unwrap(), "12", "42"]);
+}
+
+#[test]
+fn unknown_model_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+
+    let line = train_fails(
+        dir.path(),
+        &["--data", data.to_str().unwrap(), "--model", "mlp:abc"],
+    );
+
+    assert_mentions(&line, &["--model", "mlp:abc"]);
+}
+
+#[test]
+fn zero_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap(), "--workers", "0"]);
+
+    assert_mentions(&line, &["--workers", "at least 1"]);
+}

@@ -1,0 +1,141 @@
+//! A whole cluster in one process: a coordinator, a parameter server and
+//! three workers on 127.0.0.1, talking real gRPC, trained on a subset of the
+//! bundled MNIST.
+
+mod support;
+
+use std::future::pending;
+use std::time::Duration;
+
+use downpour_coordinator::{CoordinatorConfig, prepare};
+use downpour_data::{checkpoint, mnist};
+use downpour_model::{Mlp, ModelSpec, Workspace};
+use downpour_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_train_mnist_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
+    let run_dir = dir.path().join("run");
+    let ps_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ps_address = ps_listener.local_addr().unwrap().to_string();
+    let coordinator_address = coordinator_listener.local_addr().unwrap().to_string();
+    let config = CoordinatorConfig {
+        data: data.clone(),
+        model: ModelSpec::Mlp { hidden: vec![64] },
+        workers: 3,
+        eval_every: 20,
+        patience: 4,
+        max_epochs: 6,
+        validation_size: 1_000,
+        ..CoordinatorConfig::with_defaults(run_dir.clone(), ps_address)
+    };
+    let prepared = prepare(config).unwrap();
+
+    let ps = tokio::spawn(downpour_ps::serve(ps_listener, pending()));
+    let workers: Vec<_> = (0..3)
+        .map(|index| {
+            let config = WorkerConfig {
+                coordinator: coordinator_address.clone(),
+                ps: None,
+                name: format!("test-{index}"),
+                connect_timeout: Duration::from_secs(10),
+            };
+            tokio::spawn(downpour_worker::run(config, pending()))
+        })
+        .collect();
+    let summary = timeout(
+        TIMEOUT,
+        downpour_coordinator::run(prepared, coordinator_listener, pending()),
+    )
+    .await
+    .expect("training finished in time")
+    .expect("training succeeded");
+    let mut reports = Vec::new();
+    for worker in workers {
+        let report = timeout(TIMEOUT, worker).await.unwrap().unwrap();
+        reports.push(report.expect("worker stopped cleanly"));
+    }
+    timeout(TIMEOUT, ps)
+        .await
+        .expect("parameter server stopped after the run")
+        .unwrap()
+        .unwrap();
+
+    // Accuracy well above the 10% of chance.
+    let accuracy = summary.test_accuracy.expect("the subset has a test split");
+    assert!(accuracy >= 0.85, "test accuracy {accuracy}");
+    assert_eq!(summary.test_examples, 2_000);
+    assert_eq!(summary.train_examples, 5_000);
+    assert_eq!(summary.validation_examples, 1_000);
+    assert!(
+        ["early_stopping", "max_epochs"].contains(&summary.stop_reason.as_str()),
+        "stop reason {}",
+        summary.stop_reason
+    );
+
+    // Every worker pushed, and the server applied every push.
+    assert_eq!(summary.workers, 3);
+    assert_eq!(reports.len(), 3);
+    for report in &reports {
+        assert!(report.pushes > 0, "worker {} pushed nothing", report.worker_id);
+        let record = &summary.per_worker[report.worker_id as usize];
+        assert_eq!(record.pushes, report.pushes);
+        assert_eq!(record.examples, report.examples);
+    }
+    let pushes: u64 = reports.iter().map(|r| r.pushes).sum();
+    let examples: u64 = reports.iter().map(|r| r.examples).sum();
+    assert_eq!(summary.updates, pushes);
+    assert_eq!(summary.examples, examples);
+    assert!((summary.epochs - examples as f64 / 5_000.0).abs() < 1e-9);
+
+    // The files say what the run did.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["test_accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(written["updates"].as_u64(), Some(pushes));
+    assert_eq!(written["workers"].as_u64(), Some(3));
+    assert_eq!(written["stop_reason"].as_str(), Some(summary.stop_reason.as_str()));
+    for key in ["best_validation_error", "epochs", "wall_seconds", "examples_per_second"] {
+        assert!(written[key].is_number(), "summary.json lacks {key}");
+    }
+
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(events.len(), summary.evaluations as usize);
+    let best_in_log = events
+        .iter()
+        .map(|e| e["validation_error"].as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(best_in_log, summary.best_validation_error);
+    for key in ["epoch", "updates", "examples", "wall_seconds", "train_loss", "validation_error"] {
+        assert!(!events[0][key].is_null(), "event row lacks {key}");
+    }
+    if summary.stop_reason == "early_stopping" {
+        let best_index = events
+            .iter()
+            .position(|e| e["validation_error"].as_f64() == Some(best_in_log))
+            .unwrap();
+        assert_eq!(events[best_index]["updates"].as_u64(), Some(summary.best_updates));
+        assert_eq!(events.len() - 1 - best_index, 4, "stops after a patience of 4");
+    }
+
+    // The checkpoint holds the best θ: scoring it gives the reported accuracy.
+    let (description, params) = checkpoint::load(&run_dir.join("best.safetensors")).unwrap();
+    let model = Mlp::new(&description).unwrap();
+    let test = mnist::load(&data).unwrap().test.unwrap();
+    let mut workspace = Workspace::new(&model, 500);
+    let pass = model.evaluate(&params, test.to_f32().view(), &test.labels, &mut workspace);
+    assert_eq!(pass.accuracy(), accuracy);
+    assert!(run_dir.join("model.json").exists());
+    assert!(run_dir.join("initial.safetensors").exists());
+}

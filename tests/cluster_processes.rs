@@ -1,0 +1,174 @@
+//! The roles as separate OS processes, started the way the README shows:
+//! `downpour ps`, `downpour coordinator` and two `downpour worker`, on
+//! 127.0.0.1 with ports chosen by the OS.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A child process whose standard error is collected line by line.
+struct Node {
+    name: &'static str,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Node {
+    fn start(name: &'static str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_downpour"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start downpour");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            name,
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for the "... listening address=HOST:PORT" line and returns the
+    /// address.
+    fn listening_address(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            self.log.push(line.clone());
+            if line.contains("listening")
+                && let Some(rest) = line.split("address=").nth(1)
+            {
+                return rest.split_whitespace().next().unwrap_or_default().to_owned();
+            }
+        }
+        panic!("{} never reported its address:\n{}", self.name, self.log.join("\n"));
+    }
+
+    fn wait(&mut self, deadline: Instant) -> ExitStatus {
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.log.push(line);
+            }
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                    self.log.push(line);
+                }
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit in time:\n{}", self.name, self.log.join("\n"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+#[test]
+fn separate_processes_train_mnist_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
+    let run_dir = dir.path().join("run");
+
+    let mut ps = Node::start("ps", &["ps", "--listen", "127.0.0.1:0"]);
+    let ps_address = ps.listening_address();
+    let mut coordinator = Node::start(
+        "coordinator",
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--ps",
+            &ps_address,
+            "--data",
+            path_arg(&data),
+            "--validation-size",
+            "1000",
+            "--workers",
+            "2",
+            "--model",
+            "mlp:64",
+            "--eval-every",
+            "20",
+            "--patience",
+            "4",
+            "--max-epochs",
+            "6",
+            "--run-dir",
+            path_arg(&run_dir),
+        ],
+    );
+    let coordinator_address = coordinator.listening_address();
+    let mut workers: Vec<Node> = ["worker-a", "worker-b"]
+        .into_iter()
+        .map(|name| {
+            Node::start(
+                "worker",
+                &["worker", "--coordinator", &coordinator_address, "--name", name],
+            )
+        })
+        .collect();
+
+    let deadline = Instant::now() + TIMEOUT;
+    let status = coordinator.wait(deadline);
+    assert!(status.success(), "coordinator failed:\n{}", coordinator.log.join("\n"));
+    for worker in &mut workers {
+        let status = worker.wait(deadline);
+        assert!(status.success(), "worker failed:\n{}", worker.log.join("\n"));
+    }
+    let status = ps.wait(deadline);
+    assert!(status.success(), "parameter server failed:\n{}", ps.log.join("\n"));
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
+    let accuracy = summary["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.85, "test accuracy {accuracy}");
+    assert_eq!(summary["workers"].as_u64(), Some(2));
+    let per_worker = summary["per_worker"].as_array().unwrap();
+    let names: Vec<&str> = per_worker.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"worker-a") && names.contains(&"worker-b"), "{names:?}");
+    let pushes: Vec<u64> = per_worker.iter().map(|w| w["pushes"].as_u64().unwrap()).collect();
+    assert!(pushes.iter().all(|&p| p > 0), "pushes per worker {pushes:?}");
+    assert_eq!(summary["updates"].as_u64(), Some(pushes.iter().sum()));
+    let stop_reason = summary["stop_reason"].as_str().unwrap();
+    assert!(["early_stopping", "max_epochs"].contains(&stop_reason), "{stop_reason}");
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
+    assert_eq!(
+        events.lines().count() as u64,
+        summary["evaluations"].as_u64().unwrap()
+    );
+    assert!(run_dir.join("best.safetensors").exists());
+}

@@ -8,6 +8,7 @@ use downpour_data::{checkpoint, mnist};
 use downpour_model::{Mlp, Workspace};
 use downpour_worker::WorkerConfig;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::args::{
@@ -76,36 +77,36 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
 
     let prepared = prepare_run(training, ps_address).await?;
     let run_dir = prepared.config.run_dir.clone();
-    let workers = prepared.config.workers;
+    let worker_count = prepared.config.workers;
 
     let ps = tokio::spawn(downpour_ps::serve(ps_listener, std::future::pending()));
-    let mut worker_tasks = Vec::with_capacity(workers);
-    for index in 0..workers {
+    let mut workers = JoinSet::new();
+    for index in 0..worker_count {
         let config = WorkerConfig {
             coordinator: coordinator_address.clone(),
             ps: None,
             name: format!("local-{index}"),
             connect_timeout: Duration::from_secs(10),
         };
-        worker_tasks.push(tokio::spawn(downpour_worker::run(
-            config,
-            std::future::pending(),
-        )));
+        workers.spawn(downpour_worker::run(config, std::future::pending()));
     }
 
-    let outcome = downpour_coordinator::run(prepared, coordinator_listener, ctrl_c()).await;
-    let summary = match outcome {
-        Ok(summary) => summary,
-        Err(error) => {
-            ps.abort();
-            for task in &worker_tasks {
-                task.abort();
-            }
-            return Err(error.into());
+    // A worker that fails ends the run, since no other worker takes over
+    // its shard.
+    let coordinator = downpour_coordinator::run(prepared, coordinator_listener, ctrl_c());
+    tokio::pin!(coordinator);
+    let summary = loop {
+        tokio::select! {
+            outcome = &mut coordinator => break outcome?,
+            Some(joined) = workers.join_next() => match joined {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => bail!("worker failed: {error}"),
+                Err(error) => bail!("worker task failed: {error}"),
+            },
         }
     };
-    for task in worker_tasks {
-        match task.await {
+    while let Some(joined) = workers.join_next().await {
+        match joined {
             Ok(Ok(_)) => {}
             Ok(Err(worker_error)) => error!(error = %worker_error, "worker failed"),
             Err(join_error) => error!(error = %join_error, "worker task failed"),

@@ -4,6 +4,8 @@
 mod args;
 mod commands;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 pub use args::Cli;
@@ -39,6 +41,7 @@ fn install_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -26,6 +26,8 @@ pub use early_stopping::{EarlyStopping, Verdict};
 pub use error::CoordinatorError;
 pub use prepare::{EvalSet, PreparedRun, prepare};
 pub use run::run;
-pub use run_dir::{EvalEvent, RunDir, RunSummary, StalenessSummary};
+pub use run_dir::{
+    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,
+};
 pub use schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
 pub use service::WorkerRecord;

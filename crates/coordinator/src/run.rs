@@ -73,7 +73,10 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    info!(address = ?listener.local_addr().ok(), "coordinator listening");
+    match listener.local_addr() {
+        Ok(address) => info!(%address, "coordinator listening"),
+        Err(error) => warn!(%error, "coordinator listening on an unknown address"),
+    }
     let server = tokio::spawn(
         server_builder()
             .add_service(service)

@@ -223,8 +223,10 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let service = ParameterServerService::new();
     let finished = service.clone();
-    let address = listener.local_addr().ok();
-    info!(address = ?address, "parameter server listening");
+    match listener.local_addr() {
+        Ok(address) => info!(%address, "parameter server listening"),
+        Err(error) => warn!(%error, "parameter server listening on an unknown address"),
+    }
 
     let server = ParameterServerServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

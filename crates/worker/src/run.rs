@@ -112,8 +112,6 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             stop_reason: String::new(),
         },
     };
-    session.pull(&mut ps).await?;
-
     loop {
         let reply = coordinator
             .next_work(NextWorkRequest { worker_id })
@@ -223,6 +221,9 @@ impl Session {
         range: WorkRange,
     ) -> Result<(), WorkerError> {
         let shard = self.shard(coordinator, range.shard).await?;
+        // Each push returns the new θ, so this pull matters for the first
+        // range; later it also picks up what other workers pushed meanwhile.
+        self.pull(ps).await?;
         let batches = shard::batch_count(shard.len(), self.batch_size);
         debug!(worker_id = self.worker_id, epoch = range.epoch, shard = range.shard, first = range.first_batch, count = range.batch_count, "work range");
         for batch in range.first_batch..range.first_batch.saturating_add(range.batch_count) {
