@@ -1,6 +1,8 @@
 //! Bad input ends `downpour train` with a one-line error that names the file
 //! or flag, a non-zero exit status, no panic, and no run directory.
 
+#![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
+
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -50,8 +52,14 @@ fn train_fails(dir: &Path, args: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
 
     assert!(!output.status.success(), "train succeeded with {args:?}");
-    assert!(!stderr.contains("panicked"), "panic with {args:?}:\n{stderr}");
-    assert!(!run_dir.exists(), "a run directory was created with {args:?}");
+    assert!(
+        !stderr.contains("panicked"),
+        "panic with {args:?}:\n{stderr}"
+    );
+    assert!(
+        !run_dir.exists(),
+        "a run directory was created with {args:?}"
+    );
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
     errors[0].to_owned()
@@ -158,7 +166,10 @@ fn zero_workers() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_mnist(dir.path());
 
-    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap(), "--workers", "0"]);
+    let line = train_fails(
+        dir.path(),
+        &["--data", data.to_str().unwrap(), "--workers", "0"],
+    );
 
     assert_mentions(&line, &["--workers", "at least 1"]);
 }

@@ -2,6 +2,8 @@
 //! three workers on 127.0.0.1, talking real gRPC, trained on a subset of the
 //! bundled MNIST.
 
+#![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
+
 mod support;
 
 use std::future::pending;
@@ -83,7 +85,11 @@ async fn three_workers_train_mnist_subset() {
     assert_eq!(summary.workers, 3);
     assert_eq!(reports.len(), 3);
     for report in &reports {
-        assert!(report.pushes > 0, "worker {} pushed nothing", report.worker_id);
+        assert!(
+            report.pushes > 0,
+            "worker {} pushed nothing",
+            report.worker_id
+        );
         let record = &summary.per_worker[report.worker_id as usize];
         assert_eq!(record.pushes, report.pushes);
         assert_eq!(record.examples, report.examples);
@@ -101,8 +107,16 @@ async fn three_workers_train_mnist_subset() {
     assert_eq!(written["test_accuracy"].as_f64(), Some(accuracy));
     assert_eq!(written["updates"].as_u64(), Some(pushes));
     assert_eq!(written["workers"].as_u64(), Some(3));
-    assert_eq!(written["stop_reason"].as_str(), Some(summary.stop_reason.as_str()));
-    for key in ["best_validation_error", "epochs", "wall_seconds", "examples_per_second"] {
+    assert_eq!(
+        written["stop_reason"].as_str(),
+        Some(summary.stop_reason.as_str())
+    );
+    for key in [
+        "best_validation_error",
+        "epochs",
+        "wall_seconds",
+        "examples_per_second",
+    ] {
         assert!(written[key].is_number(), "summary.json lacks {key}");
     }
 
@@ -117,7 +131,14 @@ async fn three_workers_train_mnist_subset() {
         .map(|e| e["validation_error"].as_f64().unwrap())
         .fold(f64::INFINITY, f64::min);
     assert_eq!(best_in_log, summary.best_validation_error);
-    for key in ["epoch", "updates", "examples", "wall_seconds", "train_loss", "validation_error"] {
+    for key in [
+        "epoch",
+        "updates",
+        "examples",
+        "wall_seconds",
+        "train_loss",
+        "validation_error",
+    ] {
         assert!(!events[0][key].is_null(), "event row lacks {key}");
     }
     if summary.stop_reason == "early_stopping" {
@@ -125,8 +146,15 @@ async fn three_workers_train_mnist_subset() {
             .iter()
             .position(|e| e["validation_error"].as_f64() == Some(best_in_log))
             .unwrap();
-        assert_eq!(events[best_index]["updates"].as_u64(), Some(summary.best_updates));
-        assert_eq!(events.len() - 1 - best_index, 4, "stops after a patience of 4");
+        assert_eq!(
+            events[best_index]["updates"].as_u64(),
+            Some(summary.best_updates)
+        );
+        assert_eq!(
+            events.len() - 1 - best_index,
+            4,
+            "stops after a patience of 4"
+        );
     }
 
     // The checkpoint holds the best θ: scoring it gives the reported accuracy.

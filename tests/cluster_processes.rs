@@ -2,6 +2,8 @@
 //! `downpour ps`, `downpour coordinator` and two `downpour worker`, on
 //! 127.0.0.1 with ports chosen by the OS.
 
+#![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
+
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -59,10 +61,18 @@ impl Node {
             if line.contains("listening")
                 && let Some(rest) = line.split("address=").nth(1)
             {
-                return rest.split_whitespace().next().unwrap_or_default().to_owned();
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
             }
         }
-        panic!("{} never reported its address:\n{}", self.name, self.log.join("\n"));
+        panic!(
+            "{} never reported its address:\n{}",
+            self.name,
+            self.log.join("\n")
+        );
     }
 
     fn wait(&mut self, deadline: Instant) -> ExitStatus {
@@ -78,7 +88,11 @@ impl Node {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit in time:\n{}", self.name, self.log.join("\n"));
+                panic!(
+                    "{} did not exit in time:\n{}",
+                    self.name,
+                    self.log.join("\n")
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -136,20 +150,38 @@ fn separate_processes_train_mnist_subset() {
         .map(|name| {
             Node::start(
                 "worker",
-                &["worker", "--coordinator", &coordinator_address, "--name", name],
+                &[
+                    "worker",
+                    "--coordinator",
+                    &coordinator_address,
+                    "--name",
+                    name,
+                ],
             )
         })
         .collect();
 
     let deadline = Instant::now() + TIMEOUT;
     let status = coordinator.wait(deadline);
-    assert!(status.success(), "coordinator failed:\n{}", coordinator.log.join("\n"));
+    assert!(
+        status.success(),
+        "coordinator failed:\n{}",
+        coordinator.log.join("\n")
+    );
     for worker in &mut workers {
         let status = worker.wait(deadline);
-        assert!(status.success(), "worker failed:\n{}", worker.log.join("\n"));
+        assert!(
+            status.success(),
+            "worker failed:\n{}",
+            worker.log.join("\n")
+        );
     }
     let status = ps.wait(deadline);
-    assert!(status.success(), "parameter server failed:\n{}", ps.log.join("\n"));
+    assert!(
+        status.success(),
+        "parameter server failed:\n{}",
+        ps.log.join("\n")
+    );
 
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
@@ -158,13 +190,28 @@ fn separate_processes_train_mnist_subset() {
     assert!(accuracy >= 0.85, "test accuracy {accuracy}");
     assert_eq!(summary["workers"].as_u64(), Some(2));
     let per_worker = summary["per_worker"].as_array().unwrap();
-    let names: Vec<&str> = per_worker.iter().map(|w| w["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"worker-a") && names.contains(&"worker-b"), "{names:?}");
-    let pushes: Vec<u64> = per_worker.iter().map(|w| w["pushes"].as_u64().unwrap()).collect();
-    assert!(pushes.iter().all(|&p| p > 0), "pushes per worker {pushes:?}");
+    let names: Vec<&str> = per_worker
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"worker-a") && names.contains(&"worker-b"),
+        "{names:?}"
+    );
+    let pushes: Vec<u64> = per_worker
+        .iter()
+        .map(|w| w["pushes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        pushes.iter().all(|&p| p > 0),
+        "pushes per worker {pushes:?}"
+    );
     assert_eq!(summary["updates"].as_u64(), Some(pushes.iter().sum()));
     let stop_reason = summary["stop_reason"].as_str().unwrap();
-    assert!(["early_stopping", "max_epochs"].contains(&stop_reason), "{stop_reason}");
+    assert!(
+        ["early_stopping", "max_epochs"].contains(&stop_reason),
+        "{stop_reason}"
+    );
     let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
     assert_eq!(
         events.lines().count() as u64,

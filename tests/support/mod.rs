@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use downpour_data::idx;
 
 /// The bundled MNIST folder.
-pub fn bundled_mnist() -> PathBuf {
+pub(crate) fn bundled_mnist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
 }
 
 /// Writes the first `train` training and `test` test examples of the
 /// bundled MNIST into `dir` as an MNIST folder (gzipped IDX), and returns
 /// `dir`.
-pub fn mnist_subset(dir: &Path, train: usize, test: usize) -> PathBuf {
+pub(crate) fn mnist_subset(dir: &Path, train: usize, test: usize) -> PathBuf {
     std::fs::create_dir_all(dir).expect("create the subset folder");
     for (prefix, count) in [("train", train), ("t10k", test)] {
         let images = idx::read_idx(&bundled_mnist().join(format!("{prefix}-images-idx3-ubyte.gz")))

@@ -41,10 +41,7 @@ async fn bind(address: &str, flag: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Loads and shards the data on a blocking thread.
-async fn prepare_run(
-    training: &TrainingArgs,
-    ps_address: String,
-) -> anyhow::Result<PreparedRun> {
+async fn prepare_run(training: &TrainingArgs, ps_address: String) -> anyhow::Result<PreparedRun> {
     let config = training.to_config(training.run_dir_or_default(), ps_address);
     let prepared = tokio::task::spawn_blocking(move || prepare(config))
         .await

@@ -168,15 +168,42 @@ mod tests {
     #[test]
     fn out_of_range_settings_are_rejected() {
         let cases = [
-            CoordinatorConfig { batch_size: 0, ..config() },
-            CoordinatorConfig { learning_rate: -0.1, ..config() },
-            CoordinatorConfig { momentum: 1.0, ..config() },
-            CoordinatorConfig { weight_decay: f32::NAN, ..config() },
-            CoordinatorConfig { eval_every: 0, ..config() },
-            CoordinatorConfig { patience: 0, ..config() },
-            CoordinatorConfig { max_epochs: 0, ..config() },
-            CoordinatorConfig { validation_size: 0, ..config() },
-            CoordinatorConfig { batches_per_work: 0, ..config() },
+            CoordinatorConfig {
+                batch_size: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                learning_rate: -0.1,
+                ..config()
+            },
+            CoordinatorConfig {
+                momentum: 1.0,
+                ..config()
+            },
+            CoordinatorConfig {
+                weight_decay: f32::NAN,
+                ..config()
+            },
+            CoordinatorConfig {
+                eval_every: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                patience: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                max_epochs: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                validation_size: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                batches_per_work: 0,
+                ..config()
+            },
         ];
         for case in cases {
             assert!(case.validate().is_err(), "{case:?} was accepted");

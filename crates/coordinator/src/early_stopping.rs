@@ -55,7 +55,9 @@ impl<T> EarlyStopping<T> {
 
     /// The lowest error seen, with its snapshot.
     pub fn best(&self) -> Option<(f64, &T)> {
-        self.best.as_ref().map(|(error, snapshot)| (*error, snapshot))
+        self.best
+            .as_ref()
+            .map(|(error, snapshot)| (*error, snapshot))
     }
 
     /// Passes since the last improvement.

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use downpour_data::{Dataset, mnist, shard, shard_file, shuffle};
-use downpour_model::{ModelDescription, Mlp};
+use downpour_model::{Mlp, ModelDescription};
 use ndarray::Array2;
 use tracing::info;
 
@@ -92,14 +92,15 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
 
     let order = shuffle::permutation(train.len(), config.seed);
     let train = train.select(&order);
-    let shard_rows = shard::plan(train.len(), config.batch_size, config.workers).map_err(
-        |source| CoordinatorError::Sharding {
-            examples: train.len(),
-            batch_size: config.batch_size,
-            workers: config.workers,
-            source,
-        },
-    )?;
+    let shard_rows =
+        shard::plan(train.len(), config.batch_size, config.workers).map_err(|source| {
+            CoordinatorError::Sharding {
+                examples: train.len(),
+                batch_size: config.batch_size,
+                workers: config.workers,
+                source,
+            }
+        })?;
     let shard_files = shard_rows
         .iter()
         .map(|rows| {
@@ -108,8 +109,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         })
         .collect();
 
-    let description =
-        ModelDescription::new(&config.model, train.num_features(), train.classes)?;
+    let description = ModelDescription::new(&config.model, train.num_features(), train.classes)?;
     let model = Mlp::new(&description)?;
     let initial_params = model.init_params(config.seed);
 

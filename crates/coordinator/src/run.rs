@@ -275,8 +275,19 @@ async fn drive(
             if verdict == Verdict::Improved {
                 run_dir.save_checkpoint(BEST_CHECKPOINT, &description, &params)?;
             }
-            let best_error = stopping.best().map_or(pass.error_rate(), |(error, _)| error);
-            let event = eval_event(evaluations, reply.version, epoch, seconds, &totals, previous, &pass, best_error);
+            let best_error = stopping
+                .best()
+                .map_or(pass.error_rate(), |(error, _)| error);
+            let event = eval_event(
+                evaluations,
+                reply.version,
+                epoch,
+                seconds,
+                &totals,
+                previous,
+                &pass,
+                best_error,
+            );
             log_progress(&event);
             run_dir.append_event(&event)?;
             previous = Mark {
@@ -297,7 +308,10 @@ async fn drive(
             }
         }
         if final_pass {
-            info!(max_epochs = config.max_epochs, "reached the epoch limit; stopping");
+            info!(
+                max_epochs = config.max_epochs,
+                "reached the epoch limit; stopping"
+            );
             break "max_epochs";
         }
         next_eval = (reply.version / config.eval_every + 1) * config.eval_every;

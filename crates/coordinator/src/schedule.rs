@@ -32,9 +32,7 @@ pub enum ScheduleError {
     UnknownShard { shard: u32, shards: usize },
     #[error("range is for epoch {reported}, but the current epoch is {current}")]
     WrongEpoch { reported: u32, current: u32 },
-    #[error(
-        "minibatches {first}..{end} of shard {shard} were not handed out in this epoch"
-    )]
+    #[error("minibatches {first}..{end} of shard {shard} were not handed out in this epoch")]
     NotAssigned { shard: u32, first: u32, end: u64 },
 }
 
@@ -142,13 +140,13 @@ impl WorkSchedule {
     /// that were not handed out.
     pub fn complete(&mut self, range: WorkRange) -> Result<Progress, ScheduleError> {
         let shards = self.shards.len();
-        let progress = self
-            .shards
-            .get_mut(range.shard as usize)
-            .ok_or(ScheduleError::UnknownShard {
-                shard: range.shard,
-                shards,
-            })?;
+        let progress =
+            self.shards
+                .get_mut(range.shard as usize)
+                .ok_or(ScheduleError::UnknownShard {
+                    shard: range.shard,
+                    shards,
+                })?;
         if range.epoch != self.epoch {
             return Err(ScheduleError::WrongEpoch {
                 reported: range.epoch,
@@ -158,7 +156,9 @@ impl WorkSchedule {
         let end = u64::from(range.first_batch) + u64::from(range.batch_count);
         // A shard's one worker completes its ranges in the order they were
         // handed out, so the next report must start where the last ended.
-        if range.batch_count == 0 || end > u64::from(progress.next) || range.first_batch != progress.done
+        if range.batch_count == 0
+            || end > u64::from(progress.next)
+            || range.first_batch != progress.done
         {
             return Err(ScheduleError::NotAssigned {
                 shard: range.shard,
@@ -200,10 +200,11 @@ mod tests {
     fn ranges_cover_each_shard_in_order() {
         let mut schedule = WorkSchedule::new(&[5, 4], 1, 2);
 
-        let mut covered = vec![Vec::new(), Vec::new()];
+        let mut covered = [Vec::new(), Vec::new()];
         for shard in 0..2 {
             while let Assignment::Work(range) = schedule.next_work(shard) {
-                covered[shard as usize].extend(range.first_batch..range.first_batch + range.batch_count);
+                covered[shard as usize]
+                    .extend(range.first_batch..range.first_batch + range.batch_count);
             }
         }
 
@@ -256,7 +257,10 @@ mod tests {
             schedule.complete(wrong_epoch),
             Err(ScheduleError::WrongEpoch { .. })
         ));
-        let not_out = WorkRange { first_batch: 2, ..range };
+        let not_out = WorkRange {
+            first_batch: 2,
+            ..range
+        };
         assert!(matches!(
             schedule.complete(not_out),
             Err(ScheduleError::NotAssigned { .. })

@@ -27,7 +27,7 @@ pub fn encode_f32s(values: &[f32]) -> Bytes {
 /// Returns [`F32BytesError::Misaligned`] when the length is not a multiple
 /// of 4.
 pub fn decode_f32s(bytes: &[u8]) -> Result<Vec<f32>, F32BytesError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(F32BytesError::Misaligned { len: bytes.len() });
     }
     let mut out = vec![0.0; bytes.len() / 4];
@@ -42,7 +42,7 @@ pub fn decode_f32s(bytes: &[u8]) -> Result<Vec<f32>, F32BytesError> {
 ///
 /// Returns an error when the length is misaligned or does not match `out`.
 pub fn decode_f32s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(F32BytesError::Misaligned { len: bytes.len() });
     }
     if bytes.len() / 4 != out.len() {

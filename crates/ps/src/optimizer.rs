@@ -28,10 +28,7 @@ impl SgdConfig {
             ));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(format!(
-                "momentum must be in [0, 1), got {}",
-                self.momentum
-            ));
+            return Err(format!("momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(format!(
@@ -102,9 +99,37 @@ mod tests {
             weight_decay: 0.0,
         };
         assert!(good.validate().is_ok());
-        assert!(SgdConfig { learning_rate: 0.0, ..good }.validate().is_err());
-        assert!(SgdConfig { learning_rate: f32::NAN, ..good }.validate().is_err());
-        assert!(SgdConfig { momentum: 1.0, ..good }.validate().is_err());
-        assert!(SgdConfig { weight_decay: -1.0, ..good }.validate().is_err());
+        assert!(
+            SgdConfig {
+                learning_rate: 0.0,
+                ..good
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SgdConfig {
+                learning_rate: f32::NAN,
+                ..good
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SgdConfig {
+                momentum: 1.0,
+                ..good
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            SgdConfig {
+                weight_decay: -1.0,
+                ..good
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

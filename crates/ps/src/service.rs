@@ -66,7 +66,9 @@ impl ParameterServerService {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the store; the
         // state itself stays consistent because every update validates first.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -196,7 +196,13 @@ mod tests {
 
         let outcome = store.apply_push(push(0, &[2.0, -2.0])).unwrap();
 
-        assert_eq!(outcome, PushOutcome { version: 1, staleness: 0 });
+        assert_eq!(
+            outcome,
+            PushOutcome {
+                version: 1,
+                staleness: 0
+            }
+        );
         assert_eq!(store.params(), &[0.0, 3.0]);
         assert_eq!(store.totals().examples, 64);
         assert_eq!(store.totals().pushes_by_worker.get(&7), Some(&1));
@@ -206,7 +212,9 @@ mod tests {
     fn staleness_counts_versions_since_pull() {
         let mut store = store();
         for _ in 0..3 {
-            store.apply_push(push(store.version(), &[0.0, 0.0])).unwrap();
+            store
+                .apply_push(push(store.version(), &[0.0, 0.0]))
+                .unwrap();
         }
 
         let outcome = store.apply_push(push(1, &[0.0, 0.0])).unwrap();

@@ -31,7 +31,11 @@ pub enum WorkerError {
         expected: u64,
     },
     #[error("work range asks for minibatch {batch} of shard {shard}, which has {batches}")]
-    RangeOutOfShard { shard: u32, batch: u32, batches: usize },
+    RangeOutOfShard {
+        shard: u32,
+        batch: u32,
+        batches: usize,
+    },
     #[error("the parameter server sent malformed parameters: {0}")]
     Params(#[from] downpour_proto::F32BytesError),
     #[error("interrupted")]

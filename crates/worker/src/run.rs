@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use downpour_data::{Dataset, shard, shard_file};
-use downpour_model::{ModelDescription, Mlp};
+use downpour_model::{Mlp, ModelDescription};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
@@ -120,7 +120,9 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             .into_inner();
         match reply.action {
             Some(next_work_reply::Action::Work(range)) => {
-                session.train_range(&mut coordinator, &mut ps, range).await?;
+                session
+                    .train_range(&mut coordinator, &mut ps, range)
+                    .await?;
                 let done = coordinator
                     .complete_work(CompleteWorkRequest {
                         worker_id,
@@ -209,7 +211,12 @@ impl Session {
                 actual: shard.num_features(),
             });
         }
-        info!(worker_id = self.worker_id, shard = index, examples = shard.len(), "shard loaded");
+        info!(
+            worker_id = self.worker_id,
+            shard = index,
+            examples = shard.len(),
+            "shard loaded"
+        );
         self.shards.insert(index, shard.clone());
         Ok(shard)
     }
@@ -225,7 +232,14 @@ impl Session {
         // range; later it also picks up what other workers pushed meanwhile.
         self.pull(ps).await?;
         let batches = shard::batch_count(shard.len(), self.batch_size);
-        debug!(worker_id = self.worker_id, epoch = range.epoch, shard = range.shard, first = range.first_batch, count = range.batch_count, "work range");
+        debug!(
+            worker_id = self.worker_id,
+            epoch = range.epoch,
+            shard = range.shard,
+            first = range.first_batch,
+            count = range.batch_count,
+            "work range"
+        );
         for batch in range.first_batch..range.first_batch.saturating_add(range.batch_count) {
             if batch as usize >= batches {
                 return Err(WorkerError::RangeOutOfShard {
@@ -236,7 +250,10 @@ impl Session {
             }
             let rows = shard::batch_rows(shard.len(), self.batch_size, batch as usize);
             let examples = rows.len();
-            let mut trainer = self.trainer.take().expect("the trainer is idle between steps");
+            let mut trainer = self
+                .trainer
+                .take()
+                .expect("the trainer is idle between steps");
             let step_shard = shard.clone();
             let (trainer, loss) = tokio::task::spawn_blocking(move || {
                 let loss = trainer.step(&step_shard, rows);
