@@ -217,5 +217,17 @@ fn separate_processes_train_mnist_subset() {
         events.lines().count() as u64,
         summary["evaluations"].as_u64().unwrap()
     );
-    assert!(run_dir.join("best.safetensors").exists());
+
+    // `downpour eval` on the saved best θ reproduces the test accuracy.
+    let output = Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .args(["eval", "--checkpoint"])
+        .arg(run_dir.join("best.safetensors"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let scored: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(scored["accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(scored["examples"].as_u64(), Some(2_000));
 }

@@ -40,6 +40,7 @@ pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
         format!("http://{address}")
     };
     Ok(Endpoint::from_shared(uri)?
+        .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
         .tcp_nodelay(true)
