@@ -100,7 +100,7 @@ async fn three_workers_train_mnist_subset() {
     assert_eq!(summary.examples, examples);
     assert!((summary.epochs - examples as f64 / 5_000.0).abs() < 1e-9);
 
-    // The files say what the run did.
+    // The files record what the run did.
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
             .unwrap();
@@ -157,7 +157,7 @@ async fn three_workers_train_mnist_subset() {
         );
     }
 
-    // The checkpoint holds the best θ: scoring it gives the reported accuracy.
+    // The checkpoint contains the best θ: scoring it gives the reported accuracy.
     let (description, params) = checkpoint::load(&run_dir.join("best.safetensors")).unwrap();
     let model = Mlp::new(&description).unwrap();
     let test = mnist::load(&data).unwrap().test.unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use downpour_data::idx;
 
-/// The bundled MNIST folder.
+/// Returns the path of the bundled MNIST folder.
 pub(crate) fn bundled_mnist() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
 }

@@ -1,4 +1,4 @@
-//! What each subcommand does.
+//! The implementation of each subcommand.
 
 use std::time::Duration;
 
@@ -42,6 +42,13 @@ async fn bind(address: &str, flag: &str) -> anyhow::Result<TcpListener> {
 
 /// Loads and shards the data on a blocking thread.
 async fn prepare_run(training: &TrainingArgs, ps_address: String) -> anyhow::Result<PreparedRun> {
+    if !training.data.exists() {
+        bail!(
+            "--data {}: not found; pass an MNIST folder or an IDX images file (relative paths start at the current directory, {})",
+            training.data.display(),
+            std::env::current_dir().map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())
+        );
+    }
     let config = training.to_config(training.run_dir_or_default(), ps_address);
     let prepared = tokio::task::spawn_blocking(move || prepare(config))
         .await

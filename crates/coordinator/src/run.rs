@@ -412,7 +412,7 @@ async fn wait_for_workers_to_stop(shared: &Shared, workers: usize) {
     match in_time {
         true => info!(workers, "every worker was told to stop"),
         false => warn!(
-            told = *shared.stopped_workers.borrow(),
+            stop_sent = *shared.stopped_workers.borrow(),
             workers,
             timeout_seconds = WORKER_STOP_TIMEOUT.as_secs(),
             "not every worker asked for work after the stop; ending the run anyway"

@@ -15,7 +15,7 @@ pub struct WorkRange {
     pub batch_count: u32,
 }
 
-/// What a worker is told when it asks for work.
+/// The reply to a worker that requests work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assignment {
     Work(WorkRange),
@@ -36,7 +36,7 @@ pub enum ScheduleError {
     NotAssigned { shard: u32, first: u32, end: u64 },
 }
 
-/// What a completed range changed.
+/// The effect of a completed range on the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     /// The epoch goes on.
@@ -97,7 +97,7 @@ impl WorkSchedule {
         self.shards.iter().map(|s| u64::from(s.done)).sum()
     }
 
-    /// Why the run stopped, once it has.
+    /// Returns why the run stopped, once it has.
     pub fn stop_reason(&self) -> Option<&str> {
         self.stop_reason.as_deref()
     }

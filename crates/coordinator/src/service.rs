@@ -25,7 +25,7 @@ const SHARD_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long a worker waits before asking again when it has no work.
 const WAIT_MS: u32 = 10;
 
-/// What the coordinator records about each registered worker.
+/// The coordinator's record of one registered worker.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerRecord {
     pub id: u32,
@@ -39,7 +39,7 @@ pub struct WorkerRecord {
     /// the end of the run.
     pub pushes: u64,
     #[serde(skip)]
-    pub told_to_stop: bool,
+    pub stop_sent: bool,
 }
 
 /// Run facts handed to every worker at registration.
@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     pub(crate) registered: watch::Sender<usize>,
     /// Set once the last epoch is complete.
     pub(crate) epochs_done: watch::Sender<bool>,
-    /// Number of workers that were told to stop.
+    /// Number of workers that received a stop.
     pub(crate) stopped_workers: watch::Sender<usize>,
 }
 
@@ -109,11 +109,11 @@ impl Shared {
             .sum()
     }
 
-    fn mark_told_to_stop(&self, inner: &mut Inner, worker_id: u32) {
+    fn record_stop_sent(&self, inner: &mut Inner, worker_id: u32) {
         if let Some(worker) = inner.workers.get_mut(worker_id as usize)
-            && !worker.told_to_stop
+            && !worker.stop_sent
         {
-            worker.told_to_stop = true;
+            worker.stop_sent = true;
             self.stopped_workers.send_modify(|count| *count += 1);
         }
     }
@@ -193,7 +193,7 @@ impl Coordinator for CoordinatorService {
             minibatches: 0,
             examples: 0,
             pushes: 0,
-            told_to_stop: false,
+            stop_sent: false,
         });
         let registered = inner.workers.len();
         drop(inner);
@@ -235,7 +235,7 @@ impl Coordinator for CoordinatorService {
                 Assignment::Work(range) => next_work_reply::Action::Work(range_to_proto(range)),
                 Assignment::Wait => next_work_reply::Action::WaitMs(WAIT_MS),
                 Assignment::Stop(reason) => {
-                    self.shared.mark_told_to_stop(&mut inner, worker_id);
+                    self.shared.record_stop_sent(&mut inner, worker_id);
                     next_work_reply::Action::Stop(StopReason { reason })
                 }
             }
@@ -289,7 +289,7 @@ impl Coordinator for CoordinatorService {
 
         let stop = inner.schedule.stop_reason().is_some();
         if stop {
-            self.shared.mark_told_to_stop(&mut inner, request.worker_id);
+            self.shared.record_stop_sent(&mut inner, request.worker_id);
         }
         Ok(Response::new(CompleteWorkReply { stop }))
     }

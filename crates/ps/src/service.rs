@@ -35,7 +35,7 @@ pub struct ParameterServerService {
     finished: Arc<Notify>,
 }
 
-/// What long-polling pulls wait on.
+/// The state that long-polling pulls wait on.
 #[derive(Debug, Clone, Copy, Default)]
 struct VersionState {
     version: u64,

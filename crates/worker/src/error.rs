@@ -1,6 +1,6 @@
 //! Errors that end a worker.
 
-/// Why a worker stopped before the coordinator told it to.
+/// Errors that stop a worker before the coordinator ends the run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error(transparent)]

@@ -35,7 +35,7 @@ pub struct WorkerConfig {
     pub connect_timeout: Duration,
 }
 
-/// What a worker did, returned when the coordinator stops it.
+/// Counts of the work a worker did, returned when the coordinator stops it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerReport {
     pub worker_id: u32,
