@@ -231,7 +231,11 @@ fn separate_processes_train_mnist_subset() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let scored: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(scored["accuracy"].as_f64(), Some(accuracy));
     assert_eq!(scored["examples"].as_u64(), Some(2_000));

@@ -26,11 +26,30 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves when the process receives Ctrl-C.
-async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // Without a signal handler, run until the work ends by itself.
-        std::future::pending::<()>().await;
+/// Resolves when the process receives Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Without a signal handler, run until the work ends by itself.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+
+    tokio::select! {
+        () = interrupt => info!("interrupt received; shutting down"),
+        () = terminate => info!("SIGTERM received; shutting down"),
     }
 }
 
@@ -46,7 +65,8 @@ async fn prepare_run(training: &TrainingArgs, ps_address: String) -> anyhow::Res
         bail!(
             "--data {}: not found; pass an MNIST folder or an IDX images file (relative paths start at the current directory, {})",
             training.data.display(),
-            std::env::current_dir().map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())
+            std::env::current_dir()
+                .map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())
         );
     }
     let config = training.to_config(training.run_dir_or_default(), ps_address);
@@ -65,7 +85,7 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
         100.0 * summary.best_validation_error,
         summary.epochs,
         summary.updates,
-        summary.stop_reason,
+        summary.stop_reason.replace('_', " "),
         summary.wall_seconds,
         summary.examples_per_second,
     );
@@ -97,7 +117,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
 
     // A worker that fails ends the run, since no other worker takes over
     // its shard.
-    let coordinator = downpour_coordinator::run(prepared, coordinator_listener, ctrl_c());
+    let coordinator = downpour_coordinator::run(prepared, coordinator_listener, shutdown_signal());
     tokio::pin!(coordinator);
     let summary = loop {
         tokio::select! {
@@ -127,14 +147,14 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let prepared = prepare_run(&args.training, args.ps.clone()).await?;
     let run_dir = prepared.config.run_dir.clone();
     let listener = bind(&args.listen, "--listen").await?;
-    let summary = downpour_coordinator::run(prepared, listener, ctrl_c()).await?;
+    let summary = downpour_coordinator::run(prepared, listener, shutdown_signal()).await?;
     print_summary(&summary, &run_dir);
     Ok(())
 }
 
 async fn ps(args: PsArgs) -> anyhow::Result<()> {
     let listener = bind(&args.listen, "--listen").await?;
-    downpour_ps::serve(listener, ctrl_c())
+    downpour_ps::serve(listener, shutdown_signal())
         .await
         .context("parameter server failed")?;
     Ok(())
@@ -149,7 +169,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
-    let report = downpour_worker::run(config, ctrl_c()).await?;
+    let report = downpour_worker::run(config, shutdown_signal()).await?;
     info!(
         worker_id = report.worker_id,
         minibatches = report.minibatches,

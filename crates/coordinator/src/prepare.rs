@@ -80,6 +80,9 @@ impl PreparedRun {
 /// number of workers.
 pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorError> {
     config.validate()?;
+    if config.run_dir.join("summary.json").exists() {
+        return Err(CoordinatorError::RunDirectoryTaken(config.run_dir.clone()));
+    }
     let splits = mnist::load(&config.data)?;
     let train_file_examples = splits.train.len();
     if config.validation_size >= train_file_examples {

@@ -383,7 +383,7 @@ async fn drive(
     };
     let path = run_dir.write_summary(&summary)?;
     info!(
-        test_accuracy = ?summary.test_accuracy,
+        test_accuracy = summary.test_accuracy.unwrap_or(f64::NAN),
         best_validation_error,
         stop_reason,
         epochs = summary.epochs,

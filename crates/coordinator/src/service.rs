@@ -197,7 +197,6 @@ impl Coordinator for CoordinatorService {
         });
         let registered = inner.workers.len();
         drop(inner);
-        self.shared.registered.send_replace(registered);
         info!(
             worker_id = id,
             name = %name,
@@ -205,6 +204,7 @@ impl Coordinator for CoordinatorService {
             expected = info.expected_workers,
             "worker registered"
         );
+        self.shared.registered.send_replace(registered);
 
         Ok(Response::new(RegisterReply {
             worker_id: id,
@@ -287,11 +287,14 @@ impl Coordinator for CoordinatorService {
             }
         }
 
-        let stop = inner.schedule.stop_reason().is_some();
-        if stop {
+        let stop_reason = inner.schedule.stop_reason().map(str::to_owned);
+        if stop_reason.is_some() {
             self.shared.record_stop_sent(&mut inner, request.worker_id);
         }
-        Ok(Response::new(CompleteWorkReply { stop }))
+        Ok(Response::new(CompleteWorkReply {
+            stop: stop_reason.is_some(),
+            stop_reason: stop_reason.unwrap_or_default(),
+        }))
     }
 
     type FetchShardStream = ShardStream;

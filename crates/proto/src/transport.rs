@@ -28,18 +28,51 @@ pub fn server_builder() -> Server {
         .tcp_nodelay(true)
 }
 
+/// An address that cannot be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("invalid address {0:?}: expected HOST:PORT, such as 127.0.0.1:7000")]
+    MissingPort(String),
+    #[error("invalid address {address:?}: {reason}")]
+    Invalid { address: String, reason: String },
+}
+
+/// Formats an error with its chain of sources, such as
+/// "transport error: tcp connect error: Connection refused".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Builds a client endpoint for `address`, given as `HOST:PORT` or as a URL.
 ///
 /// # Errors
 ///
-/// Returns an error when the address is not a valid URI.
-pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+/// Returns an error when the address has no port or is not a valid URI.
+pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
+        let port = address.rsplit_once(':').map(|(_, port)| port);
+        if port.is_none_or(|port| port.parse::<u16>().is_err()) {
+            return Err(AddressError::MissingPort(address.to_owned()));
+        }
         format!("http://{address}")
     };
-    Ok(Endpoint::from_shared(uri)?
+    let endpoint = Endpoint::from_shared(uri).map_err(|source| AddressError::Invalid {
+        address: address.to_owned(),
+        reason: error_chain(&source),
+    })?;
+    Ok(endpoint
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
@@ -55,17 +88,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// A peer that could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("invalid address {address:?}: {source}")]
-    InvalidAddress {
-        address: String,
-        source: tonic::transport::Error,
-    },
-    #[error("could not reach the {role} at {address} within {waited:?}: {source}")]
+    #[error(transparent)]
+    InvalidAddress(#[from] AddressError),
+    #[error("could not reach the {role} at {address} within {waited:.1?}: {reason}")]
     Unreachable {
         role: &'static str,
         address: String,
         waited: Duration,
-        source: tonic::transport::Error,
+        reason: String,
     },
 }
 
@@ -83,28 +113,25 @@ pub async fn connect_with_retry(
     address: &str,
     timeout: Duration,
 ) -> Result<Channel, ConnectError> {
-    let endpoint = endpoint(address).map_err(|source| ConnectError::InvalidAddress {
-        address: address.to_owned(),
-        source,
-    })?;
+    let endpoint = endpoint(address)?;
     let started = Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
     loop {
         match endpoint.connect().await {
             Ok(channel) => return Ok(channel),
-            Err(source) if started.elapsed() + delay > timeout => {
+            Err(error) if started.elapsed() + delay > timeout => {
                 return Err(ConnectError::Unreachable {
                     role,
                     address: address.to_owned(),
                     waited: started.elapsed(),
-                    source,
+                    reason: error_chain(&error),
                 });
             }
             Err(error) => {
                 tracing::warn!(
                     role,
                     address,
-                    error = %error,
+                    error = %error_chain(&error),
                     retry_in_ms = delay.as_millis() as u64,
                     "connection failed; retrying"
                 );

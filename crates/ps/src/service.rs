@@ -128,9 +128,9 @@ impl ParameterServer for ParameterServerService {
         info!(
             run_id = %request.run_id,
             parameters = store.params().len(),
-            learning_rate = sgd.learning_rate,
-            momentum = sgd.momentum,
-            weight_decay = sgd.weight_decay,
+            learning_rate = %sgd.learning_rate,
+            momentum = %sgd.momentum,
+            weight_decay = %sgd.weight_decay,
             "parameter server initialised"
         );
         state.gradient = vec![0.0; store.params().len()];

@@ -132,7 +132,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     .map_err(WorkerError::rpc("CompleteWork"))?
                     .into_inner();
                 if done.stop {
-                    session.report.stop_reason = "stopped by the coordinator".to_owned();
+                    session.report.stop_reason = done.stop_reason;
                     break;
                 }
             }
