@@ -173,3 +173,39 @@ fn zero_workers() {
 
     assert_mentions(&line, &["--workers", "at least 1"]);
 }
+
+#[test]
+fn test_split_of_other_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let pixels = vec![0u8; 20 * 28 * 14];
+    idx::write_idx(
+        &data.join("t10k-images-idx3-ubyte"),
+        &[20, 28, 14],
+        &pixels,
+        false,
+    )
+    .unwrap();
+
+    let line = train_fails(dir.path(), &["--data", data.to_str().unwrap()]);
+
+    assert_mentions(&line, &[data.to_str().unwrap(), "392", "784"]);
+}
+
+#[test]
+fn model_too_large_for_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+
+    let line = train_fails(
+        dir.path(),
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "mlp:100000,100000",
+        ],
+    );
+
+    assert_mentions(&line, &["--model mlp:100000,100000", "parameters"]);
+}

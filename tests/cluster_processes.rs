@@ -211,7 +211,9 @@ fn separate_processes_train_mnist_subset() {
         pushes.iter().all(|&p| p > 0),
         "pushes per worker {pushes:?}"
     );
-    assert_eq!(summary["updates"].as_u64(), Some(pushes.iter().sum()));
+    let updates =
+        summary["updates"].as_u64().unwrap() + summary["updates_after_stop"].as_u64().unwrap();
+    assert_eq!(updates, pushes.iter().sum::<u64>());
     let stop_reason = summary["stop_reason"].as_str().unwrap();
     assert!(
         ["early_stopping", "max_epochs"].contains(&stop_reason),

@@ -169,11 +169,22 @@ impl TrainingArgs {
         }
     }
 
-    /// The run directory, or `runs/<date>-<time>` when none was given.
+    /// Returns the run directory, or `runs/<date>-<time>` when none was
+    /// given, with a `-2`, `-3`, ... suffix when that name exists already.
+    /// Two runs that still pick one name are kept apart by the directory's
+    /// lock.
     pub fn run_dir_or_default(&self) -> PathBuf {
-        self.run_dir.clone().unwrap_or_else(|| {
-            let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-            PathBuf::from("runs").join(stamp.to_string())
-        })
+        if let Some(run_dir) = &self.run_dir {
+            return run_dir.clone();
+        }
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S").to_string();
+        let base = PathBuf::from("runs");
+        let mut candidate = base.join(&stamp);
+        let mut suffix = 2;
+        while candidate.exists() {
+            candidate = base.join(format!("{stamp}-{suffix}"));
+            suffix += 1;
+        }
+        candidate
     }
 }

@@ -18,22 +18,31 @@ pub enum CoordinatorError {
     )]
     ValidationTooLarge { validation: usize, examples: usize },
     #[error(
-        "cannot cut {examples} training examples into {workers} shards of whole minibatches of {batch_size}: {source}"
-    )]
-    Sharding {
-        examples: usize,
-        batch_size: usize,
-        workers: usize,
-        source: downpour_data::DataError,
-    },
-    #[error(
         "run directory {0} already holds a finished run (summary.json); choose another --run-dir"
     )]
     RunDirectoryTaken(PathBuf),
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+    #[error("run directory {0} is in use by another run; choose another --run-dir")]
+    RunDirectoryInUse(PathBuf),
+    #[error(
+        "--model {spec} has {parameters} parameters, more than the {max} that fit in one message; choose smaller layers"
+    )]
+    ModelTooLarge {
+        spec: String,
+        parameters: usize,
+        max: usize,
+    },
+    #[error(
+        "{path}: test examples have {test} features, but training examples have {train}; use a test file of the same shape"
+    )]
+    TestShapeMismatch {
+        path: PathBuf,
+        test: usize,
+        train: usize,
     },
     #[error("parameter server at {address}: {message}")]
     ParameterServer { address: String, message: String },

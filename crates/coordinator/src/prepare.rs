@@ -6,6 +6,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use downpour_data::{Dataset, mnist, shard, shard_file, shuffle};
 use downpour_model::{Mlp, ModelDescription};
+use downpour_proto::transport::MAX_MESSAGE_BYTES;
 use ndarray::Array2;
 use tracing::info;
 
@@ -91,19 +92,32 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             examples: train_file_examples,
         });
     }
+    if let Some(test) = &splits.test
+        && test.num_features() != splits.train.num_features()
+    {
+        return Err(CoordinatorError::TestShapeMismatch {
+            path: config.data.clone(),
+            test: test.num_features(),
+            train: splits.train.num_features(),
+        });
+    }
+    let description = ModelDescription::new(
+        &config.model,
+        splits.train.num_features(),
+        splits.train.classes,
+    )?;
+    if description.parameters > MAX_MESSAGE_BYTES / 4 {
+        return Err(CoordinatorError::ModelTooLarge {
+            spec: config.model.to_string(),
+            parameters: description.parameters,
+            max: MAX_MESSAGE_BYTES / 4,
+        });
+    }
     let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
 
     let order = shuffle::permutation(train.len(), config.seed);
     let train = train.select(&order);
-    let shard_rows =
-        shard::plan(train.len(), config.batch_size, config.workers).map_err(|source| {
-            CoordinatorError::Sharding {
-                examples: train.len(),
-                batch_size: config.batch_size,
-                workers: config.workers,
-                source,
-            }
-        })?;
+    let shard_rows = shard::plan(train.len(), config.batch_size, config.workers)?;
     let shard_files = shard_rows
         .iter()
         .map(|rows| {
@@ -112,7 +126,6 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         })
         .collect();
 
-    let description = ModelDescription::new(&config.model, train.num_features(), train.classes)?;
     let model = Mlp::new(&description)?;
     let initial_params = model.init_params(config.seed);
 

@@ -36,6 +36,10 @@ const PS_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// stopped before it ends the run anyway.
 const WORKER_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time without a validation pass after which the coordinator logs which
+/// workers it is waiting for.
+const STALL_WARNING_AFTER: Duration = Duration::from_secs(60);
+
 /// Rows evaluated per forward pass.
 const EVAL_BATCH: usize = 1000;
 
@@ -246,6 +250,10 @@ async fn drive(
                 done.map_err(|_| CoordinatorError::Interrupted)?;
                 None
             }
+            () = tokio::time::sleep(STALL_WARNING_AFTER) => {
+                warn_stalled(shared, next_eval);
+                continue;
+            }
         };
         let final_pass = last_epoch_done.is_none();
         let reply = match last_epoch_done {
@@ -316,8 +324,10 @@ async fn drive(
         }
         next_eval = (reply.version / config.eval_every + 1) * config.eval_every;
     };
-    let wall_seconds = started.elapsed().as_secs_f64();
     shared.lock().schedule.stop(stop_reason);
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let at_stop = pull_now(&mut ps, address).await?;
+    let totals_at_stop = at_stop.totals.unwrap_or_default();
 
     let (best_validation_error, best) = stopping
         .into_best()
@@ -344,7 +354,7 @@ async fn drive(
             .copied()
             .unwrap_or(0);
     }
-    let examples = totals.examples;
+    let examples = totals_at_stop.examples;
     let summary = RunSummary {
         run_id: shared.info.run_id.clone(),
         data: config.data.display().to_string(),
@@ -357,8 +367,9 @@ async fn drive(
         best_updates: best.updates,
         best_epoch: best.epoch,
         epochs: examples as f64 / train_examples as f64,
-        updates: final_reply.version,
+        updates: at_stop.version,
         examples,
+        updates_after_stop: final_reply.version - at_stop.version,
         stop_reason: stop_reason.to_owned(),
         evaluations,
         wall_seconds,
@@ -366,8 +377,8 @@ async fn drive(
         workers: per_worker.len(),
         per_worker,
         staleness: StalenessSummary {
-            mean: totals.staleness_sum as f64 / totals.pushes.max(1) as f64,
-            max: totals.max_staleness,
+            mean: totals_at_stop.staleness_sum as f64 / totals_at_stop.pushes.max(1) as f64,
+            max: totals_at_stop.max_staleness,
         },
         train_examples,
         validation_examples: validation.len(),
@@ -393,6 +404,30 @@ async fn drive(
         "run finished"
     );
     Ok(summary)
+}
+
+fn warn_stalled(shared: &Shared, next_eval: u64) {
+    let inner = shared.lock();
+    let last_contact: Vec<String> = inner
+        .workers
+        .iter()
+        .map(|worker| {
+            format!(
+                "{}:{:.0}s",
+                worker.id,
+                worker.last_contact.elapsed().as_secs_f64()
+            )
+        })
+        .collect();
+    // NOTE: a worker that died keeps its shard, so the run cannot finish
+    // without it; nothing reassigns the shard yet.
+    warn!(
+        waiting_for_update = next_eval,
+        epoch = inner.schedule.epoch(),
+        seconds_since_contact = %last_contact.join(" "),
+        "no validation pass for {} s; a worker may have died",
+        STALL_WARNING_AFTER.as_secs()
+    );
 }
 
 async fn pull_now(ps: &mut PsClient, address: &str) -> Result<PullReply, CoordinatorError> {

@@ -63,11 +63,16 @@ pub struct RunSummary {
     /// Parameter-server version of the best θ.
     pub best_updates: u64,
     pub best_epoch: f64,
-    /// Training examples processed divided by training examples per epoch.
+    /// Training examples processed up to the stop decision, divided by
+    /// training examples per epoch.
     pub epochs: f64,
-    /// Updates applied by the parameter server.
+    /// Updates the parameter server applied up to the stop decision.
     pub updates: u64,
+    /// Training examples behind those updates.
     pub examples: u64,
+    /// Updates applied after the stop decision, from minibatches that were
+    /// already under way; they do not affect the best θ.
+    pub updates_after_stop: u64,
     /// `early_stopping` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,
@@ -76,6 +81,7 @@ pub struct RunSummary {
     /// Training examples divided by `wall_seconds`.
     pub examples_per_second: f64,
     pub workers: usize,
+    /// Per-worker counts; `pushes` includes updates after the stop.
     pub per_worker: Vec<WorkerRecord>,
     pub staleness: StalenessSummary,
     pub train_examples: usize,
@@ -92,11 +98,13 @@ pub struct RunSummary {
     pub checkpoint: String,
 }
 
-/// An open run directory.
+/// An open run directory, locked against other runs while it is open.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
     events: BufWriter<File>,
+    /// `.lock` in the directory, exclusively locked until this is dropped.
+    _lock: File,
 }
 
 /// File name of the best-θ checkpoint, without its extension.
@@ -105,29 +113,57 @@ pub const BEST_CHECKPOINT: &str = "best";
 pub const INITIAL_CHECKPOINT: &str = "initial";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CoordinatorError + '_ {
-    move |source| CoordinatorError::Io {
+    move |error| CoordinatorError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
 impl RunDir {
-    /// Creates the directory, or reuses an empty or unfinished one.
+    /// Creates the directory, or reuses an empty or unfinished one, and
+    /// locks it.
     ///
     /// # Errors
     ///
-    /// Refuses a directory that already holds a `summary.json`, so a
-    /// finished run is never overwritten.
+    /// Rejects a directory that already contains a `summary.json`, so a
+    /// finished run is never overwritten, and one that another live run
+    /// has locked.
     pub fn create(path: &Path) -> Result<Self, CoordinatorError> {
         if path.join("summary.json").exists() {
             return Err(CoordinatorError::RunDirectoryTaken(path.to_owned()));
         }
         fs::create_dir_all(path).map_err(io_error(path))?;
+        let lock_path = path.join(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(CoordinatorError::RunDirectoryInUse(path.to_owned()));
+            }
+            Err(fs::TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
+        }
+        // Checked again under the lock: a run may have finished meanwhile.
+        if path.join("summary.json").exists() {
+            return Err(CoordinatorError::RunDirectoryTaken(path.to_owned()));
+        }
+        // A checkpoint left by an unfinished earlier run must not pass for
+        // this run's best θ.
+        let stale = path.join(format!("{BEST_CHECKPOINT}.safetensors"));
+        if stale.exists() {
+            fs::remove_file(&stale).map_err(io_error(&stale))?;
+        }
+
         let events_path = path.join("events.jsonl");
         let events = File::create(&events_path).map_err(io_error(&events_path))?;
         Ok(Self {
             path: path.to_owned(),
             events: BufWriter::new(events),
+            _lock: lock,
         })
     }
 
@@ -145,7 +181,7 @@ impl RunDir {
         let path = self.path.join("events.jsonl");
         let line = serde_json::to_string(event).map_err(|e| CoordinatorError::Io {
             path: path.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
         writeln!(self.events, "{line}").map_err(io_error(&path))?;
         self.events.flush().map_err(io_error(&path))
@@ -174,7 +210,7 @@ impl RunDir {
         let path = self.path.join("summary.json");
         let mut text = serde_json::to_string_pretty(summary).map_err(|e| CoordinatorError::Io {
             path: path.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
         text.push('\n');
         atomic::write_atomic(&path, text.as_bytes()).map_err(io_error(&path))?;

@@ -3,9 +3,9 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
-use downpour_data::shard;
 use downpour_proto::v1::coordinator_server::Coordinator;
 use downpour_proto::v1::{
     CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, NextWorkReply, NextWorkRequest,
@@ -40,6 +40,9 @@ pub struct WorkerRecord {
     pub pushes: u64,
     #[serde(skip)]
     pub stop_sent: bool,
+    /// Time of the worker's last request.
+    #[serde(skip)]
+    pub last_contact: Instant,
 }
 
 /// Run facts handed to every worker at registration.
@@ -98,15 +101,17 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Training examples in a range of minibatches.
+    /// Training examples in a range of minibatches; only the shard's last
+    /// minibatch may be short.
     fn range_examples(&self, range: &WorkRange) -> u64 {
         let Some(&len) = self.info.shard_lengths.get(range.shard as usize) else {
             return 0;
         };
-        let batch_size = self.info.batch_size;
-        (range.first_batch..range.first_batch + range.batch_count)
-            .map(|index| shard::batch_rows(len, batch_size, index as usize).len() as u64)
-            .sum()
+        let (len, batch_size) = (len as u64, self.info.batch_size as u64);
+        let start = (u64::from(range.first_batch) * batch_size).min(len);
+        let end =
+            ((u64::from(range.first_batch) + u64::from(range.batch_count)) * batch_size).min(len);
+        end - start
     }
 
     fn record_stop_sent(&self, inner: &mut Inner, worker_id: u32) {
@@ -194,6 +199,7 @@ impl Coordinator for CoordinatorService {
             examples: 0,
             pushes: 0,
             stop_sent: false,
+            last_contact: Instant::now(),
         });
         let registered = inner.workers.len();
         drop(inner);
@@ -222,11 +228,12 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<NextWorkReply>, Status> {
         let worker_id = request.into_inner().worker_id;
         let mut inner = self.shared.lock();
-        let shard = inner
+        let worker = inner
             .workers
-            .get(worker_id as usize)
-            .map(|worker| worker.shard)
+            .get_mut(worker_id as usize)
             .ok_or_else(|| unknown_worker(worker_id))?;
+        worker.last_contact = Instant::now();
+        let shard = worker.shard;
 
         let action = if !inner.started && inner.schedule.stop_reason().is_none() {
             next_work_reply::Action::WaitMs(WAIT_MS)
@@ -251,13 +258,13 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<CompleteWorkReply>, Status> {
         let request = request.into_inner();
         let range = range_from_proto(request.work)?;
-        let examples = self.shared.range_examples(&range);
         let mut inner = self.shared.lock();
-        let owned_shard = inner
+        let worker = inner
             .workers
-            .get(request.worker_id as usize)
-            .map(|worker| worker.shard)
+            .get_mut(request.worker_id as usize)
             .ok_or_else(|| unknown_worker(request.worker_id))?;
+        worker.last_contact = Instant::now();
+        let owned_shard = worker.shard;
         if owned_shard != range.shard {
             return Err(Status::permission_denied(format!(
                 "worker {} reported shard {}, but it owns shard {owned_shard}",
@@ -272,6 +279,7 @@ impl Coordinator for CoordinatorService {
                 return Err(error.into());
             }
         };
+        let examples = self.shared.range_examples(&range);
         if let Some(worker) = inner.workers.get_mut(request.worker_id as usize) {
             worker.minibatches += u64::from(range.batch_count);
             worker.examples += examples;

@@ -76,6 +76,7 @@ impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::FutureVersion { .. } => Status::out_of_range(error.to_string()),
+            StoreError::Diverged { .. } => Status::failed_precondition(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
     }

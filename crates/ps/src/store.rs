@@ -21,6 +21,10 @@ pub enum StoreError {
     FutureVersion { version: u64, current: u64 },
     #[error("push reports a non-finite loss")]
     NonFiniteLoss,
+    #[error(
+        "training diverged at update {version}: θ holds non-finite values; lower the learning rate (--lr)"
+    )]
+    Diverged { version: u64 },
 }
 
 /// Counters summed over every applied push.
@@ -73,6 +77,8 @@ pub struct ParamStore {
     sgd: SgdConfig,
     version: u64,
     totals: PushTotals,
+    /// Version at which θ first held a non-finite value.
+    diverged_at: Option<u64>,
 }
 
 impl ParamStore {
@@ -97,6 +103,7 @@ impl ParamStore {
             sgd,
             version: 0,
             totals: PushTotals::default(),
+            diverged_at: None,
         })
     }
 
@@ -128,6 +135,9 @@ impl ParamStore {
     /// non-finite loss, and a version the server has not reached yet. θ is
     /// untouched on error.
     pub fn apply_push(&mut self, push: Push<'_>) -> Result<PushOutcome, StoreError> {
+        if let Some(version) = self.diverged_at {
+            return Err(StoreError::Diverged { version });
+        }
         if push.gradient.len() != self.params.len() {
             return Err(StoreError::WrongLength {
                 expected: self.params.len(),
@@ -160,6 +170,14 @@ impl ParamStore {
         totals.max_staleness = totals.max_staleness.max(staleness);
         *totals.pushes_by_worker.entry(push.worker_id).or_default() += 1;
 
+        // Finite gradients can still overflow θ when the learning rate is
+        // too large; every later push is rejected from then on.
+        if self.params.iter().any(|v| !v.is_finite()) {
+            self.diverged_at = Some(self.version);
+            return Err(StoreError::Diverged {
+                version: self.version,
+            });
+        }
         Ok(PushOutcome {
             version: self.version,
             staleness,
@@ -261,6 +279,23 @@ mod tests {
         assert_eq!(store.params(), &[1.0, 2.0]);
         assert_eq!(store.version(), 0);
         assert_eq!(store.totals().pushes, 0);
+    }
+
+    #[test]
+    fn overflowing_step_marks_divergence() {
+        let sgd = SgdConfig {
+            learning_rate: 4.0,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
+        let mut store = ParamStore::new("run".into(), vec![1.0, 2.0], sgd).unwrap();
+
+        let error = store.apply_push(push(0, &[f32::MAX, 0.0])).unwrap_err();
+        assert_eq!(error, StoreError::Diverged { version: 1 });
+
+        let later = store.apply_push(push(1, &[0.0, 0.0])).unwrap_err();
+        assert_eq!(later, StoreError::Diverged { version: 1 });
+        assert_eq!(store.version(), 1);
     }
 
     #[test]

@@ -13,10 +13,10 @@ pub enum WorkerError {
     },
     #[error("the coordinator sent an invalid model description: {0}")]
     Model(#[from] downpour_model::ModelError),
-    #[error("shard {shard} is invalid: {source}")]
+    #[error("shard {shard} is invalid: {error}")]
     Shard {
         shard: u32,
-        source: downpour_data::DataError,
+        error: downpour_data::DataError,
     },
     #[error("shard {shard} has {actual} features per example, but the model expects {expected}")]
     ShardShape {

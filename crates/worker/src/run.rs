@@ -318,8 +318,8 @@ async fn fetch_shard(coordinator: &mut Coordinator, index: u32) -> Result<Datase
             expected,
         });
     }
-    shard_file::decode(&bytes).map_err(|source| WorkerError::Shard {
+    shard_file::decode(&bytes).map_err(|error| WorkerError::Shard {
         shard: index,
-        source,
+        error,
     })
 }
