@@ -17,8 +17,8 @@ pub mod defaults {
     pub const SEED: u64 = 42;
     /// About a quarter of an MNIST epoch at batch 64 (782 minibatches).
     pub const EVAL_EVERY: u64 = 200;
-    pub const PATIENCE: u32 = 10;
-    pub const MAX_EPOCHS: u32 = 30;
+    pub const PATIENCE: u32 = 20;
+    pub const MAX_EPOCHS: u32 = 50;
     /// The last 10,000 training images, as is usual for MNIST.
     pub const VALIDATION_SIZE: usize = 10_000;
     /// Minibatches handed to a worker per work request.
