@@ -202,6 +202,9 @@ impl Coordinator for CoordinatorService {
             last_contact: Instant::now(),
         });
         let registered = inner.workers.len();
+        // Published under the lock: two registrations racing could
+        // otherwise publish their counts out of order and leave a stale one.
+        self.shared.registered.send_replace(registered);
         drop(inner);
         info!(
             worker_id = id,
@@ -210,7 +213,6 @@ impl Coordinator for CoordinatorService {
             expected = info.expected_workers,
             "worker registered"
         );
-        self.shared.registered.send_replace(registered);
 
         Ok(Response::new(RegisterReply {
             worker_id: id,
