@@ -193,7 +193,7 @@ impl ParameterServer for ParameterServerService {
         };
         drop(guard);
         self.version
-            .send_modify(|state| state.version = outcome.version);
+            .send_modify(|state| state.version = state.version.max(outcome.version));
 
         Ok(Response::new(PushReply {
             version: outcome.version,
