@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use downpour_model::{Evaluation, Mlp, Workspace};
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry, server_builder};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry, incoming, server_builder};
 use downpour_proto::v1::coordinator_server::CoordinatorServer;
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{
@@ -16,7 +16,6 @@ use downpour_proto::v1::{
 use downpour_proto::{decode_f32s, encode_f32s};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -84,7 +83,7 @@ pub async fn run(
     let server = tokio::spawn(
         server_builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 server_stopped.await.ok();
             }),
     );

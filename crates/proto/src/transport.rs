@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
 /// Largest gRPC message any Downpour service accepts or sends: 256 MiB.
@@ -18,6 +19,14 @@ const MAX_FRAME_BYTES: u32 = 1024 * 1024 - 1;
 
 /// HTTP/2 flow-control windows, so one push never stalls on window updates.
 const WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Wraps a bound listener for `serve_with_incoming`, with Nagle's algorithm
+/// off on every accepted connection. The builder's own `tcp_nodelay` applies
+/// only to listeners that tonic binds itself, and without it a reply can wait
+/// for the peer's delayed ACK.
+pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
 
 /// Returns a server builder with the shared HTTP/2 settings.
 pub fn server_builder() -> Server {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, server_builder};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::parameter_server_server::{ParameterServer, ParameterServerServer};
 use downpour_proto::v1::{
     FinishReply, FinishRequest, InitReply, InitRequest, PullReply, PullRequest, PushReply,
@@ -12,7 +12,6 @@ use downpour_proto::v1::{
 use downpour_proto::{decode_f32s, decode_f32s_into, encode_f32s};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -236,7 +235,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     server_builder()
         .add_service(server)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {
                 () = finished.finished() => {}
                 () = shutdown => {}
