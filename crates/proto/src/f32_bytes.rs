@@ -51,8 +51,14 @@ pub fn decode_f32s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesErr
             actual: bytes.len() / 4,
         });
     }
-    for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-        *value = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    if cfg!(target_endian = "little") {
+        // `out` is f32-aligned, so viewing it as bytes is always valid,
+        // while `bytes` may start at any address.
+        bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(bytes);
+    } else {
+        for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *value = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
     }
     Ok(())
 }
@@ -66,6 +72,18 @@ mod tests {
         let values = [0.0, -1.5, f32::MIN_POSITIVE, 3.25e7];
         let decoded = decode_f32s(&encode_f32s(&values)).unwrap();
         assert_eq!(decoded, values);
+    }
+
+    #[test]
+    fn decode_accepts_unaligned_input() {
+        let encoded = encode_f32s(&[1.5, -2.0]);
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&encoded);
+        let mut out = [0.0; 2];
+
+        decode_f32s_into(&shifted[1..], &mut out).unwrap();
+
+        assert_eq!(out, [1.5, -2.0]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
@@ -240,6 +240,8 @@ impl Session {
             count = range.batch_count,
             "work range"
         );
+        let mut compute = Duration::ZERO;
+        let mut transport = Duration::ZERO;
         for batch in range.first_batch..range.first_batch.saturating_add(range.batch_count) {
             if batch as usize >= batches {
                 return Err(WorkerError::RangeOutOfShard {
@@ -255,6 +257,7 @@ impl Session {
                 .take()
                 .expect("the trainer is idle between steps");
             let step_shard = shard.clone();
+            let step_started = Instant::now();
             let (trainer, loss) = tokio::task::spawn_blocking(move || {
                 let loss = trainer.step(&step_shard, rows);
                 (trainer, loss)
@@ -262,6 +265,8 @@ impl Session {
             .await
             .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
             self.trainer = Some(trainer);
+            let push_started = Instant::now();
+            compute += push_started - step_started;
 
             self.sequence += 1;
             let request = PushRequest {
@@ -279,11 +284,19 @@ impl Session {
                 .map_err(WorkerError::rpc("Push"))?
                 .into_inner();
             decode_f32s_into(&reply.params, &mut self.trainer().params)?;
+            transport += push_started.elapsed();
             self.version = reply.version;
             self.report.pushes += 1;
             self.report.minibatches += 1;
             self.report.examples += examples as u64;
         }
+        debug!(
+            worker_id = self.worker_id,
+            batches = range.batch_count,
+            compute_ms = compute.as_secs_f64() * 1e3,
+            push_ms = transport.as_secs_f64() * 1e3,
+            "work range done"
+        );
         Ok(())
     }
 }
