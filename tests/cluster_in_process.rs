@@ -7,40 +7,53 @@
 mod support;
 
 use std::future::pending;
+use std::path::Path;
 use std::time::Duration;
 
-use downpour_coordinator::{CoordinatorConfig, prepare};
+use downpour_coordinator::{CoordinatorConfig, RunSummary, prepare};
 use downpour_data::{checkpoint, mnist};
 use downpour_model::{Mlp, ModelSpec, Workspace};
-use downpour_worker::WorkerConfig;
+use downpour_worker::{WorkerConfig, WorkerReport};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_train_mnist_subset() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
-    let run_dir = dir.path().join("run");
-    let ps_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// A finished in-process run: what the coordinator and the workers returned.
+struct Cluster {
+    summary: RunSummary,
+    reports: Vec<WorkerReport>,
+}
+
+/// Trains `mlp:64` on `data` with `workers` workers and `ps_shards`
+/// parameter servers, all in this process on 127.0.0.1.
+async fn run_cluster(data: &Path, run_dir: &Path, workers: usize, ps_shards: usize) -> Cluster {
+    let mut ps_listeners = Vec::new();
+    let mut ps_addresses = Vec::new();
+    for _ in 0..ps_shards {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ps_addresses.push(listener.local_addr().unwrap().to_string());
+        ps_listeners.push(listener);
+    }
     let coordinator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ps_address = ps_listener.local_addr().unwrap().to_string();
     let coordinator_address = coordinator_listener.local_addr().unwrap().to_string();
     let config = CoordinatorConfig {
-        data: data.clone(),
+        data: data.to_owned(),
         model: ModelSpec::Mlp { hidden: vec![64] },
-        workers: 3,
+        workers,
         eval_every: 40,
         patience: 5,
         max_epochs: 10,
         validation_size: 1_000,
-        ..CoordinatorConfig::with_defaults(run_dir.clone(), ps_address)
+        ..CoordinatorConfig::with_defaults(run_dir.to_owned(), ps_addresses)
     };
     let prepared = prepare(config).unwrap();
 
-    let ps = tokio::spawn(downpour_ps::serve(ps_listener, pending()));
-    let workers: Vec<_> = (0..3)
+    let servers: Vec<_> = ps_listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(downpour_ps::serve(listener, pending())))
+        .collect();
+    let worker_tasks: Vec<_> = (0..workers)
         .map(|index| {
             let config = WorkerConfig {
                 coordinator: coordinator_address.clone(),
@@ -59,15 +72,27 @@ async fn three_workers_train_mnist_subset() {
     .expect("training finished in time")
     .expect("training succeeded");
     let mut reports = Vec::new();
-    for worker in workers {
+    for worker in worker_tasks {
         let report = timeout(TIMEOUT, worker).await.unwrap().unwrap();
         reports.push(report.expect("worker stopped cleanly"));
     }
-    timeout(TIMEOUT, ps)
-        .await
-        .expect("parameter server stopped after the run")
-        .unwrap()
-        .unwrap();
+    for server in servers {
+        timeout(TIMEOUT, server)
+            .await
+            .expect("parameter server stopped after the run")
+            .unwrap()
+            .unwrap();
+    }
+    Cluster { summary, reports }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_train_mnist_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
+    let run_dir = dir.path().join("run");
+
+    let Cluster { summary, reports } = run_cluster(&data, &run_dir, 3, 1).await;
 
     // Accuracy well above the 10% of chance.
     let accuracy = summary.test_accuracy.expect("the subset has a test split");
@@ -174,4 +199,28 @@ async fn three_workers_train_mnist_subset() {
     assert_eq!(pass.accuracy(), accuracy);
     assert!(run_dir.join("model.json").exists());
     assert!(run_dir.join("initial.safetensors").exists());
+}
+
+/// θ split over two parameter servers trains as well, and every worker's
+/// pushes reach both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_parameter_servers_train_mnist_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
+    let run_dir = dir.path().join("run");
+
+    let Cluster { summary, reports } = run_cluster(&data, &run_dir, 2, 2).await;
+
+    let accuracy = summary.test_accuracy.unwrap();
+    assert!(accuracy >= 0.80, "test accuracy {accuracy}");
+    let pushes: u64 = reports.iter().map(|r| r.pushes).sum();
+    assert!(reports.iter().all(|r| r.pushes > 0));
+    assert_eq!(summary.updates + summary.updates_after_stop, pushes);
+    let (description, params) = checkpoint::load(&run_dir.join("best.safetensors")).unwrap();
+    assert_eq!(params.len(), description.parameters);
+    let model = Mlp::new(&description).unwrap();
+    let test = mnist::load(&data).unwrap().test.unwrap();
+    let mut workspace = Workspace::new(&model, 500);
+    let pass = model.evaluate(&params, test.to_f32().view(), &test.labels, &mut workspace);
+    assert_eq!(pass.accuracy(), accuracy);
 }

@@ -84,6 +84,9 @@ pub struct TrainingArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub training: TrainingArgs,
+    /// Parameter servers to split θ over.
+    #[arg(long, default_value_t = 1)]
+    pub ps_shards: usize,
 }
 
 #[derive(Debug, Args)]
@@ -93,9 +96,10 @@ pub struct CoordinatorArgs {
     /// Address to serve the coordinator on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub listen: String,
-    /// Parameter server address, HOST:PORT, as the workers reach it.
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    pub ps: String,
+    /// Parameter server addresses, HOST:PORT, comma-separated, as the
+    /// workers reach them; θ is split into one contiguous range per server.
+    #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
+    pub ps: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -110,10 +114,11 @@ pub struct WorkerArgs {
     /// Coordinator address, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub coordinator: String,
-    /// Parameter server address, HOST:PORT [default: the address the
-    /// coordinator hands out].
-    #[arg(long)]
-    pub ps: Option<String>,
+    /// Parameter server addresses, HOST:PORT, comma-separated, in the
+    /// coordinator's order [default: the addresses the coordinator hands
+    /// out].
+    #[arg(long, value_delimiter = ',')]
+    pub ps: Option<Vec<String>>,
     /// Name of this worker in logs and the run summary
     /// [default: worker-<process id>].
     #[arg(long)]
@@ -149,7 +154,7 @@ fn parse_model(text: &str) -> Result<ModelSpec, String> {
 
 impl TrainingArgs {
     /// Builds the coordinator's settings.
-    pub fn to_config(&self, run_dir: PathBuf, ps_address: String) -> CoordinatorConfig {
+    pub fn to_config(&self, run_dir: PathBuf, ps_addresses: Vec<String>) -> CoordinatorConfig {
         CoordinatorConfig {
             data: self.data.clone(),
             model: self.model.clone(),
@@ -164,7 +169,7 @@ impl TrainingArgs {
             max_epochs: self.max_epochs,
             validation_size: self.validation_size,
             run_dir,
-            ps_address,
+            ps_addresses,
             batches_per_work: self.batches_per_work,
         }
     }

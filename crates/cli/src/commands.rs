@@ -60,7 +60,10 @@ async fn bind(address: &str, flag: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Loads and shards the data on a blocking thread.
-async fn prepare_run(training: &TrainingArgs, ps_address: String) -> anyhow::Result<PreparedRun> {
+async fn prepare_run(
+    training: &TrainingArgs,
+    ps_addresses: Vec<String>,
+) -> anyhow::Result<PreparedRun> {
     if !training.data.exists() {
         bail!(
             "--data {}: not found; pass an MNIST folder or an IDX images file (relative paths start at the current directory, {})",
@@ -69,7 +72,7 @@ async fn prepare_run(training: &TrainingArgs, ps_address: String) -> anyhow::Res
                 .map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())
         );
     }
-    let config = training.to_config(training.run_dir_or_default(), ps_address);
+    let config = training.to_config(training.run_dir_or_default(), ps_addresses);
     let prepared = tokio::task::spawn_blocking(move || prepare(config))
         .await
         .context("data preparation task failed")??;
@@ -94,16 +97,27 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
 
 async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let training = &args.training;
-    let ps_listener = bind("127.0.0.1:0", "parameter server").await?;
+    if args.ps_shards == 0 {
+        bail!("--ps-shards must be at least 1, got 0");
+    }
+    let mut ps_listeners = Vec::with_capacity(args.ps_shards);
+    let mut ps_addresses = Vec::with_capacity(args.ps_shards);
+    for _ in 0..args.ps_shards {
+        let listener = bind("127.0.0.1:0", "parameter server").await?;
+        ps_addresses.push(listener.local_addr()?.to_string());
+        ps_listeners.push(listener);
+    }
     let coordinator_listener = bind("127.0.0.1:0", "coordinator").await?;
-    let ps_address = ps_listener.local_addr()?.to_string();
     let coordinator_address = coordinator_listener.local_addr()?.to_string();
 
-    let prepared = prepare_run(training, ps_address).await?;
+    let prepared = prepare_run(training, ps_addresses).await?;
     let run_dir = prepared.config.run_dir.clone();
     let worker_count = prepared.config.workers;
 
-    let ps = tokio::spawn(downpour_ps::serve(ps_listener, std::future::pending()));
+    let mut servers = JoinSet::new();
+    for listener in ps_listeners {
+        servers.spawn(downpour_ps::serve(listener, std::future::pending()));
+    }
     let mut workers = JoinSet::new();
     for index in 0..worker_count {
         let config = WorkerConfig {
@@ -136,8 +150,10 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
             Err(join_error) => error!(error = %join_error, "worker task failed"),
         }
     }
-    if let Ok(Err(ps_error)) = ps.await {
-        error!(error = %ps_error, "parameter server failed");
+    while let Some(joined) = servers.join_next().await {
+        if let Ok(Err(ps_error)) = joined {
+            error!(error = %ps_error, "parameter server failed");
+        }
     }
     print_summary(&summary, &run_dir);
     Ok(())

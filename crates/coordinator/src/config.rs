@@ -47,8 +47,9 @@ pub struct CoordinatorConfig {
     /// Examples held out from the end of the training file for validation.
     pub validation_size: usize,
     pub run_dir: PathBuf,
-    /// Parameter server address, `HOST:PORT`, as workers should dial it.
-    pub ps_address: String,
+    /// Parameter server addresses, `HOST:PORT`, as workers should dial
+    /// them. θ is split into one contiguous range per server, in order.
+    pub ps_addresses: Vec<String>,
     pub batches_per_work: u32,
 }
 
@@ -75,12 +76,14 @@ pub enum ConfigError {
     ZeroValidationSize(usize),
     #[error("--batches-per-work must be at least 1, got {0}")]
     ZeroBatchesPerWork(u32),
+    #[error("--ps must name at least one parameter server")]
+    NoParameterServers,
 }
 
 impl CoordinatorConfig {
     /// Returns the defaults, with the bundled MNIST as data and the given
-    /// run directory and parameter server address.
-    pub fn with_defaults(run_dir: PathBuf, ps_address: String) -> Self {
+    /// run directory and parameter server addresses.
+    pub fn with_defaults(run_dir: PathBuf, ps_addresses: Vec<String>) -> Self {
         Self {
             data: PathBuf::from(defaults::DATA),
             model: ModelSpec::Mlp {
@@ -97,7 +100,7 @@ impl CoordinatorConfig {
             max_epochs: defaults::MAX_EPOCHS,
             validation_size: defaults::VALIDATION_SIZE,
             run_dir,
-            ps_address,
+            ps_addresses,
             batches_per_work: defaults::BATCHES_PER_WORK,
         }
     }
@@ -138,6 +141,9 @@ impl CoordinatorConfig {
         if self.batches_per_work == 0 {
             return Err(ConfigError::ZeroBatchesPerWork(self.batches_per_work));
         }
+        if self.ps_addresses.is_empty() {
+            return Err(ConfigError::NoParameterServers);
+        }
         Ok(())
     }
 }
@@ -147,7 +153,7 @@ mod tests {
     use super::*;
 
     fn config() -> CoordinatorConfig {
-        CoordinatorConfig::with_defaults("runs/x".into(), "127.0.0.1:1".into())
+        CoordinatorConfig::with_defaults("runs/x".into(), vec!["127.0.0.1:1".into()])
     }
 
     #[test]
@@ -202,6 +208,10 @@ mod tests {
             },
             CoordinatorConfig {
                 batches_per_work: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                ps_addresses: Vec::new(),
                 ..config()
             },
         ];

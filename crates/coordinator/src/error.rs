@@ -48,6 +48,10 @@ pub enum CoordinatorError {
     ParameterServer { address: String, message: String },
     #[error("coordinator server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(
+        "--ps lists {servers} parameter servers, but the model has only {parameters} parameters"
+    )]
+    TooManyParameterServers { servers: usize, parameters: usize },
     #[error("interrupted before training finished")]
     Interrupted,
 }

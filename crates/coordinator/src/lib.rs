@@ -16,6 +16,8 @@ mod config;
 mod early_stopping;
 mod error;
 mod prepare;
+mod ps_client;
+mod ps_layout;
 mod run;
 mod run_dir;
 mod schedule;
@@ -25,6 +27,7 @@ pub use config::{ConfigError, CoordinatorConfig, defaults};
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use error::CoordinatorError;
 pub use prepare::{EvalSet, PreparedRun, prepare};
+pub use ps_layout::split_params;
 pub use run::run;
 pub use run_dir::{
     BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,

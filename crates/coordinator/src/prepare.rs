@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
+use crate::ps_layout::split_params;
 
 /// Features and labels of a held-out split, as f32 for evaluation.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ pub struct PreparedRun {
     pub initial_params: Vec<f32>,
     /// Training examples, over all shards.
     pub train_examples: usize,
+    /// The range of θ each parameter server holds, in `--ps` order.
+    pub ps_ranges: Vec<Range<usize>>,
     /// Rows of the shuffled training set held by each shard.
     pub shard_rows: Vec<Range<usize>>,
     /// Each shard encoded in the shard file format.
@@ -113,6 +116,12 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             max: MAX_MESSAGE_BYTES / 4,
         });
     }
+    let ps_ranges = split_params(description.parameters, config.ps_addresses.len()).ok_or(
+        CoordinatorError::TooManyParameterServers {
+            servers: config.ps_addresses.len(),
+            parameters: description.parameters,
+        },
+    )?;
     let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
 
     let order = shuffle::permutation(train.len(), config.seed);
@@ -140,6 +149,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         "data prepared"
     );
     Ok(PreparedRun {
+        ps_ranges,
         train_examples: train.len(),
         shard_rows,
         shard_files,

@@ -7,29 +7,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use downpour_model::{Evaluation, Mlp, Workspace};
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry, incoming, server_builder};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::coordinator_server::CoordinatorServer;
-use downpour_proto::v1::parameter_server_client::ParameterServerClient;
-use downpour_proto::v1::{
-    FinishRequest, InitRequest, OptimizerConfig, PullReply, PullRequest, PushTotals,
-};
-use downpour_proto::{decode_f32s, encode_f32s};
+use downpour_proto::v1::{OptimizerConfig, PsShard, PushTotals};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::early_stopping::{EarlyStopping, Verdict};
 use crate::error::CoordinatorError;
 use crate::prepare::{EvalSet, PreparedRun};
+use crate::ps_client::ParameterServers;
 use crate::run_dir::{
     BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,
 };
 use crate::schedule::WorkSchedule;
 use crate::service::{CoordinatorService, RunInfo, Shared};
-
-/// How long the coordinator keeps trying to reach the parameter server.
-const PS_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the coordinator waits for every worker to learn that training
 /// stopped before it ends the run anyway.
@@ -41,8 +34,6 @@ const STALL_WARNING_AFTER: Duration = Duration::from_secs(60);
 
 /// Rows evaluated per forward pass.
 const EVAL_BATCH: usize = 1000;
-
-type PsClient = ParameterServerClient<Channel>;
 
 /// Runs a prepared training job: serves the coordinator on `listener`
 /// until training ends or `shutdown` resolves, and returns the summary that
@@ -114,7 +105,17 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
         run_id: format!("{name}-{started}"),
         model_json: prepared.description.to_json(),
         batch_size: prepared.config.batch_size,
-        ps_address: prepared.config.ps_address.clone(),
+        ps_shards: prepared
+            .config
+            .ps_addresses
+            .iter()
+            .zip(&prepared.ps_ranges)
+            .map(|(address, range)| PsShard {
+                address: address.clone(),
+                offset: range.start as u64,
+                length: range.len() as u64,
+            })
+            .collect(),
         expected_workers: prepared.config.workers,
         shard_files: prepared.shard_files.clone(),
         shard_lengths: prepared.shard_rows.iter().map(|rows| rows.len()).collect(),
@@ -168,25 +169,6 @@ struct Mark {
     seconds: f64,
 }
 
-fn ps_error(address: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
-    move |status| CoordinatorError::ParameterServer {
-        address: address.to_owned(),
-        message: format!("{:?}: {}", status.code(), status.message()),
-    }
-}
-
-async fn connect_ps(address: &str) -> Result<PsClient, CoordinatorError> {
-    let channel = connect_with_retry("parameter server", address, PS_CONNECT_TIMEOUT)
-        .await
-        .map_err(|error| CoordinatorError::ParameterServer {
-            address: address.to_owned(),
-            message: error.to_string(),
-        })?;
-    Ok(ParameterServerClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
-}
-
 async fn drive(
     prepared: PreparedRun,
     shared: &Arc<Shared>,
@@ -200,23 +182,22 @@ async fn drive(
         train_examples,
         validation,
         test,
+        ps_ranges,
         ..
     } = prepared;
-    let address = config.ps_address.as_str();
-
-    let mut ps = connect_ps(address).await?;
-    ps.init(InitRequest {
-        run_id: shared.info.run_id.clone(),
-        params: encode_f32s(&initial_params),
-        optimizer: Some(OptimizerConfig {
-            learning_rate: config.learning_rate,
-            momentum: config.momentum,
-            weight_decay: config.weight_decay,
-        }),
-    })
-    .await
-    .map_err(ps_error(address))?;
-    info!(ps = address, "parameters initialised; waiting for workers");
+    let mut servers = ParameterServers::connect(&config.ps_addresses, &ps_ranges).await?;
+    let optimizer = OptimizerConfig {
+        learning_rate: config.learning_rate,
+        momentum: config.momentum,
+        weight_decay: config.weight_decay,
+    };
+    servers
+        .init(&shared.info.run_id, &initial_params, optimizer)
+        .await?;
+    info!(
+        servers = config.ps_addresses.len(),
+        "parameters initialised; waiting for workers"
+    );
 
     let mut registered = shared.registered.subscribe();
     registered
@@ -240,11 +221,8 @@ async fn drive(
     let mut epochs_done = shared.epochs_done.subscribe();
 
     let stop_reason = loop {
-        let mut waiting_ps = ps.clone();
         let last_epoch_done = tokio::select! {
-            reply = waiting_ps.pull(PullRequest { min_version: next_eval }) => {
-                Some(reply.map_err(ps_error(address))?.into_inner())
-            }
+            snapshot = servers.pull(next_eval) => Some(snapshot?),
             done = epochs_done.wait_for(|&done| done) => {
                 done.map_err(|_| CoordinatorError::Interrupted)?;
                 None
@@ -255,28 +233,23 @@ async fn drive(
             }
         };
         let final_pass = last_epoch_done.is_none();
-        let reply = match last_epoch_done {
-            Some(reply) => reply,
-            None => pull_now(&mut ps, address).await?,
+        let snapshot = match last_epoch_done {
+            Some(snapshot) => snapshot,
+            None => servers.pull(0).await?,
         };
 
-        if last_version != Some(reply.version) {
-            last_version = Some(reply.version);
+        if last_version != Some(snapshot.version) {
+            last_version = Some(snapshot.version);
             evaluations += 1;
-            let params = Arc::new(decode_f32s(&reply.params).map_err(|error| {
-                CoordinatorError::ParameterServer {
-                    address: address.to_owned(),
-                    message: format!("pulled parameters are malformed: {error}"),
-                }
-            })?);
+            let params = Arc::new(snapshot.params);
             let pass = Evaluator::evaluate(&evaluator, params.clone(), validation.clone()).await;
-            let totals = reply.totals.unwrap_or_default();
+            let totals = snapshot.totals;
             let seconds = started.elapsed().as_secs_f64();
             let epoch = totals.examples as f64 / train_examples as f64;
 
             let verdict = stopping.observe(pass.error_rate(), || BestSnapshot {
                 params: params.clone(),
-                updates: reply.version,
+                updates: snapshot.version,
                 epoch,
             });
             if verdict == Verdict::Improved {
@@ -287,7 +260,7 @@ async fn drive(
                 .map_or(pass.error_rate(), |(error, _)| error);
             let event = eval_event(
                 evaluations,
-                reply.version,
+                snapshot.version,
                 epoch,
                 seconds,
                 &totals,
@@ -321,12 +294,12 @@ async fn drive(
             );
             break "max_epochs";
         }
-        next_eval = (reply.version / config.eval_every + 1) * config.eval_every;
+        next_eval = (snapshot.version / config.eval_every + 1) * config.eval_every;
     };
     shared.lock().schedule.stop(stop_reason);
     let wall_seconds = started.elapsed().as_secs_f64();
-    let at_stop = pull_now(&mut ps, address).await?;
-    let totals_at_stop = at_stop.totals.unwrap_or_default();
+    let at_stop = servers.pull(0).await?;
+    let totals_at_stop = &at_stop.totals;
 
     let (best_validation_error, best) = stopping
         .into_best()
@@ -339,11 +312,9 @@ async fn drive(
     };
 
     wait_for_workers_to_stop(shared, config.workers).await;
-    let final_reply = pull_now(&mut ps, address).await?;
-    if let Err(status) = ps.finish(FinishRequest {}).await {
-        warn!(ps = address, error = %status.message(), "parameter server did not acknowledge the end of the run");
-    }
-    let totals = final_reply.totals.unwrap_or_default();
+    let final_snapshot = servers.pull(0).await?;
+    servers.finish().await;
+    let totals = final_snapshot.totals;
 
     let mut per_worker = shared.lock().workers.clone();
     for worker in &mut per_worker {
@@ -368,7 +339,7 @@ async fn drive(
         epochs: examples as f64 / train_examples as f64,
         updates: at_stop.version,
         examples,
-        updates_after_stop: final_reply.version - at_stop.version,
+        updates_after_stop: final_snapshot.version - at_stop.version,
         stop_reason: stop_reason.to_owned(),
         evaluations,
         wall_seconds,
@@ -427,14 +398,6 @@ fn warn_stalled(shared: &Shared, next_eval: u64) {
         "no validation pass for {} s; a worker may have died",
         STALL_WARNING_AFTER.as_secs()
     );
-}
-
-async fn pull_now(ps: &mut PsClient, address: &str) -> Result<PullReply, CoordinatorError> {
-    Ok(ps
-        .pull(PullRequest { min_version: 0 })
-        .await
-        .map_err(ps_error(address))?
-        .into_inner())
 }
 
 async fn wait_for_workers_to_stop(shared: &Shared, workers: usize) {

@@ -51,7 +51,7 @@ pub(crate) struct RunInfo {
     pub(crate) run_id: String,
     pub(crate) model_json: String,
     pub(crate) batch_size: usize,
-    pub(crate) ps_address: String,
+    pub(crate) ps_shards: Vec<downpour_proto::v1::PsShard>,
     pub(crate) expected_workers: usize,
     pub(crate) shard_files: Vec<Bytes>,
     pub(crate) shard_lengths: Vec<usize>,
@@ -219,7 +219,7 @@ impl Coordinator for CoordinatorService {
             run_id: info.run_id.clone(),
             model_json: info.model_json.clone(),
             batch_size: info.batch_size as u32,
-            ps_address: info.ps_address.clone(),
+            ps_shards: info.ps_shards.clone(),
             shards: info.shard_files.len() as u32,
         }))
     }

@@ -38,6 +38,8 @@ pub enum WorkerError {
     },
     #[error("the parameter server sent malformed parameters: {0}")]
     Params(#[from] downpour_proto::F32BytesError),
+    #[error("invalid parameter-server layout: {0}")]
+    Layout(String),
     #[error("interrupted")]
     Interrupted,
 }

@@ -4,6 +4,7 @@
 //! which answers with the updated θ.
 
 mod error;
+mod ps_shards;
 mod run;
 mod trainer;
 

@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
+use downpour_proto::encode_f32s;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
-use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{
-    CompleteWorkRequest, FetchShardRequest, NextWorkRequest, PullRequest, PushRequest,
-    RegisterRequest, WorkRange, next_work_reply,
+    CompleteWorkRequest, FetchShardRequest, NextWorkRequest, RegisterRequest, WorkRange,
+    next_work_reply,
 };
-use downpour_proto::{decode_f32s_into, encode_f32s};
 use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::error::WorkerError;
+use crate::ps_shards::{Gradient, ParameterServers};
 use crate::trainer::Trainer;
 
 /// Settings of one worker.
@@ -26,9 +26,9 @@ use crate::trainer::Trainer;
 pub struct WorkerConfig {
     /// Coordinator address, `HOST:PORT`.
     pub coordinator: String,
-    /// Parameter server address; when `None`, the address the coordinator
-    /// hands out is used.
-    pub ps: Option<String>,
+    /// Parameter server addresses, one per server in the coordinator's
+    /// layout; when `None`, the addresses the coordinator hands out are used.
+    pub ps: Option<Vec<String>>,
     /// Name shown in the coordinator's logs and summary.
     pub name: String,
     /// How long to keep retrying the first connection to each peer.
@@ -47,7 +47,6 @@ pub struct WorkerReport {
 }
 
 type Coordinator = CoordinatorClient<Channel>;
-type ParameterServer = ParameterServerClient<Channel>;
 
 /// Runs a worker until the coordinator stops it or `shutdown` resolves.
 ///
@@ -82,26 +81,25 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     let worker_id = registration.worker_id;
     let description = ModelDescription::from_json(&registration.model_json)?;
     let batch_size = registration.batch_size.max(1) as usize;
-    let ps_address = config.ps.clone().unwrap_or(registration.ps_address);
+    let mut ps = ParameterServers::connect(
+        &registration.ps_shards,
+        config.ps.as_deref(),
+        description.parameters,
+        config.connect_timeout,
+    )
+    .await?;
     info!(
         worker_id,
         run_id = %registration.run_id,
         model = %description.spec,
-        ps = %ps_address,
+        ps = %ps.addresses().join(","),
         "registered with the coordinator"
     );
-
-    let channel =
-        connect_with_retry("parameter server", &ps_address, config.connect_timeout).await?;
-    let mut ps = ParameterServerClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let mut session = Session {
         worker_id,
         batch_size,
         trainer: Some(Trainer::new(Mlp::new(&description)?, batch_size)),
-        version: 0,
         sequence: 0,
         shards: HashMap::new(),
         report: WorkerReport {
@@ -169,8 +167,6 @@ struct Session {
     batch_size: usize,
     /// `None` only while a step runs on the blocking pool.
     trainer: Option<Trainer>,
-    /// Version of the θ in the trainer.
-    version: u64,
     sequence: u64,
     shards: HashMap<u32, Arc<Dataset>>,
     report: WorkerReport,
@@ -183,15 +179,8 @@ impl Session {
             .expect("the trainer is back from the blocking pool between steps")
     }
 
-    async fn pull(&mut self, ps: &mut ParameterServer) -> Result<(), WorkerError> {
-        let reply = ps
-            .pull(PullRequest { min_version: 0 })
-            .await
-            .map_err(WorkerError::rpc("Pull"))?
-            .into_inner();
-        decode_f32s_into(&reply.params, &mut self.trainer().params)?;
-        self.version = reply.version;
-        Ok(())
+    async fn pull(&mut self, ps: &mut ParameterServers) -> Result<(), WorkerError> {
+        ps.pull(&mut self.trainer().params).await
     }
 
     async fn shard(
@@ -224,7 +213,7 @@ impl Session {
     async fn train_range(
         &mut self,
         coordinator: &mut Coordinator,
-        ps: &mut ParameterServer,
+        ps: &mut ParameterServers,
         range: WorkRange,
     ) -> Result<(), WorkerError> {
         let shard = self.shard(coordinator, range.shard).await?;
@@ -269,23 +258,16 @@ impl Session {
             compute += push_started - step_started;
 
             self.sequence += 1;
-            let request = PushRequest {
+            let bytes = encode_f32s(&self.trainer().gradient);
+            let gradient = Gradient {
                 worker_id: self.worker_id,
                 sequence: self.sequence,
-                version: self.version,
-                gradient: encode_f32s(&self.trainer().gradient),
+                bytes: &bytes,
                 examples: examples as u32,
                 loss,
-                return_params: true,
             };
-            let reply = ps
-                .push(request)
-                .await
-                .map_err(WorkerError::rpc("Push"))?
-                .into_inner();
-            decode_f32s_into(&reply.params, &mut self.trainer().params)?;
+            ps.push(gradient, &mut self.trainer().params).await?;
             transport += push_started.elapsed();
-            self.version = reply.version;
             self.report.pushes += 1;
             self.report.minibatches += 1;
             self.report.examples += examples as u64;

@@ -1,0 +1,170 @@
+//! The coordinator's view of the parameter servers: one client per server,
+//! each holding a contiguous range of θ.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
+use downpour_proto::v1::parameter_server_client::ParameterServerClient;
+use downpour_proto::v1::{
+    FinishRequest, InitRequest, OptimizerConfig, PullReply, PullRequest, PushTotals,
+};
+use downpour_proto::{decode_f32s_into, encode_f32s};
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+use tracing::warn;
+
+use crate::error::CoordinatorError;
+
+/// How long the coordinator keeps trying to reach each parameter server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+type PsClient = ParameterServerClient<Channel>;
+
+#[derive(Debug, Clone)]
+struct Server {
+    address: String,
+    range: Range<usize>,
+    client: PsClient,
+}
+
+/// θ assembled from every server.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    /// Version of the first server; every server had reached the requested
+    /// minimum version.
+    pub(crate) version: u64,
+    /// Push totals of the first server. Every push reaches every server, so
+    /// one server's totals describe the run.
+    pub(crate) totals: PushTotals,
+    pub(crate) params: Vec<f32>,
+}
+
+/// Clients of all parameter servers of a run, in θ order.
+#[derive(Debug, Clone)]
+pub(crate) struct ParameterServers {
+    servers: Vec<Server>,
+    parameters: usize,
+}
+
+fn rpc_error(address: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
+    move |status| CoordinatorError::ParameterServer {
+        address: address.to_owned(),
+        message: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+impl ParameterServers {
+    /// Connects to every server, retrying each for up to a minute.
+    pub(crate) async fn connect(
+        addresses: &[String],
+        ranges: &[Range<usize>],
+    ) -> Result<Self, CoordinatorError> {
+        let mut servers = Vec::with_capacity(addresses.len());
+        for (address, range) in addresses.iter().zip(ranges) {
+            let channel = connect_with_retry("parameter server", address, CONNECT_TIMEOUT)
+                .await
+                .map_err(|error| CoordinatorError::ParameterServer {
+                    address: address.clone(),
+                    message: error.to_string(),
+                })?;
+            let client = ParameterServerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            servers.push(Server {
+                address: address.clone(),
+                range: range.clone(),
+                client,
+            });
+        }
+        let parameters = ranges.last().map_or(0, |range| range.end);
+        Ok(Self {
+            servers,
+            parameters,
+        })
+    }
+
+    /// Sends each server its range of θ₀ and the optimizer settings.
+    pub(crate) async fn init(
+        &mut self,
+        run_id: &str,
+        params: &[f32],
+        optimizer: OptimizerConfig,
+    ) -> Result<(), CoordinatorError> {
+        for server in &mut self.servers {
+            server
+                .client
+                .init(InitRequest {
+                    run_id: run_id.to_owned(),
+                    params: encode_f32s(&params[server.range.clone()]),
+                    optimizer: Some(optimizer),
+                })
+                .await
+                .map_err(rpc_error(&server.address))?;
+        }
+        Ok(())
+    }
+
+    /// Pulls every server's range at once, each waiting until its version
+    /// reaches `min_version`, and assembles θ.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the pulls; nothing on the servers
+    /// changes.
+    pub(crate) async fn pull(&self, min_version: u64) -> Result<Snapshot, CoordinatorError> {
+        let mut pulls = JoinSet::new();
+        for (index, server) in self.servers.iter().enumerate() {
+            let mut client = server.client.clone();
+            pulls.spawn(async move {
+                let reply = client.pull(PullRequest { min_version }).await;
+                (index, reply.map(tonic::Response::into_inner))
+            });
+        }
+
+        let mut replies: Vec<Option<PullReply>> = vec![None; self.servers.len()];
+        while let Some(joined) = pulls.join_next().await {
+            let (index, reply) = joined.map_err(|error| CoordinatorError::ParameterServer {
+                address: "(all)".to_owned(),
+                message: format!("pull task failed: {error}"),
+            })?;
+            let address = &self.servers[index].address;
+            replies[index] = Some(reply.map_err(rpc_error(address))?);
+        }
+
+        let mut params = vec![0.0; self.parameters];
+        for (server, reply) in self.servers.iter().zip(&replies) {
+            let reply = reply.as_ref().expect("every pull task reported back");
+            decode_f32s_into(&reply.params, &mut params[server.range.clone()]).map_err(
+                |error| CoordinatorError::ParameterServer {
+                    address: server.address.clone(),
+                    message: format!("pulled parameters are malformed: {error}"),
+                },
+            )?;
+        }
+        let first = replies
+            .into_iter()
+            .next()
+            .flatten()
+            .expect("a run has at least one parameter server");
+        Ok(Snapshot {
+            version: first.version,
+            totals: first.totals.unwrap_or_default(),
+            params,
+        })
+    }
+
+    /// Tells every server the run is over; a server that does not answer is
+    /// logged and skipped.
+    pub(crate) async fn finish(&mut self) {
+        for server in &mut self.servers {
+            if let Err(status) = server.client.finish(FinishRequest {}).await {
+                warn!(
+                    ps = %server.address,
+                    error = %status.message(),
+                    "parameter server did not acknowledge the end of the run"
+                );
+            }
+        }
+    }
+}
