@@ -199,6 +199,7 @@ async fn three_workers_train_mnist_subset() {
     assert_eq!(pass.accuracy(), accuracy);
     assert!(run_dir.join("model.json").exists());
     assert!(run_dir.join("initial.safetensors").exists());
+    assert!(run_dir.join("last.safetensors").exists());
 }
 
 /// θ split over two parameter servers trains as well, and every worker's

@@ -30,7 +30,8 @@ pub use prepare::{EvalSet, PreparedRun, prepare};
 pub use ps_layout::split_params;
 pub use run::run;
 pub use run_dir::{
-    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,
+    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, LAST_CHECKPOINT, RunDir, RunSummary,
+    StalenessSummary,
 };
 pub use schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
 pub use service::WorkerRecord;

@@ -19,7 +19,8 @@ use crate::error::CoordinatorError;
 use crate::prepare::{EvalSet, PreparedRun};
 use crate::ps_client::ParameterServers;
 use crate::run_dir::{
-    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, RunDir, RunSummary, StalenessSummary,
+    BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, LAST_CHECKPOINT, RunDir, RunSummary,
+    StalenessSummary,
 };
 use crate::schedule::WorkSchedule;
 use crate::service::{CoordinatorService, RunInfo, Shared};
@@ -314,6 +315,7 @@ async fn drive(
     wait_for_workers_to_stop(shared, config.workers).await;
     let final_snapshot = servers.pull(0).await?;
     servers.finish().await;
+    run_dir.save_checkpoint(LAST_CHECKPOINT, &description, &final_snapshot.params)?;
     let totals = final_snapshot.totals;
 
     let mut per_worker = shared.lock().workers.clone();

@@ -111,6 +111,9 @@ pub struct RunDir {
 pub const BEST_CHECKPOINT: &str = "best";
 /// File name of the θ₀ checkpoint, without its extension.
 pub const INITIAL_CHECKPOINT: &str = "initial";
+/// File name of the checkpoint of θ at the end of the run, without its
+/// extension.
+pub const LAST_CHECKPOINT: &str = "last";
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CoordinatorError + '_ {
     move |error| CoordinatorError::Io {
