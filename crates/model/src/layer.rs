@@ -1,9 +1,9 @@
 //! Fully connected layers as views into the flat parameter vector θ.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Zip};
 
 use crate::ModelDescription;
+use crate::matmul::general_mat_mul;
 
 /// Location of one layer's weight `[outputs, inputs]` and bias `[outputs]` in θ.
 /// The bias directly follows the weight.
@@ -75,7 +75,7 @@ impl Layer {
         mut output: ArrayViewMut2<'_, f32>,
     ) {
         output.assign(&self.bias(params));
-        general_mat_mul(1.0, &input, &self.weight(params).t(), 1.0, &mut output);
+        general_mat_mul(1.0, input, self.weight(params).t(), 1.0, output);
     }
 
     /// Writes `dL/dW = output_gradientᵀ · input` and `dL/db` (the column sums of
@@ -86,8 +86,8 @@ impl Layer {
         output_gradient: ArrayView2<'_, f32>,
         gradient: &mut [f32],
     ) {
-        let (mut weight_gradient, mut bias_gradient) = self.gradient_views(gradient);
-        general_mat_mul(1.0, &output_gradient.t(), &input, 0.0, &mut weight_gradient);
+        let (weight_gradient, mut bias_gradient) = self.gradient_views(gradient);
+        general_mat_mul(1.0, output_gradient.t(), input, 0.0, weight_gradient);
         bias_gradient.fill(0.0);
         for row in output_gradient.rows() {
             bias_gradient += &row;
@@ -105,10 +105,10 @@ impl Layer {
     ) {
         general_mat_mul(
             1.0,
-            &output_gradient,
-            &self.weight(params),
+            output_gradient,
+            self.weight(params),
             0.0,
-            &mut input_gradient,
+            input_gradient.view_mut(),
         );
         Zip::from(&mut input_gradient)
             .and(&activation)

@@ -10,6 +10,7 @@ mod description;
 mod error;
 mod evaluation;
 mod layer;
+mod matmul;
 mod mlp;
 mod softmax;
 mod spec;

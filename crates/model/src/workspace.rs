@@ -12,8 +12,8 @@ use crate::Mlp;
 /// capacity. A workspace passed with a model of other layer widths is reallocated for
 /// that model.
 ///
-/// NOTE: ndarray's matrix product uses matrixmultiply 0.3, which allocates a packing
-/// buffer inside every product, so a training step still allocates there.
+/// NOTE: the matrix products use the `gemm` crate 0.19, which allocates inside every
+/// product, so a training step still allocates there.
 #[derive(Debug)]
 pub struct Workspace {
     /// Output width of every layer: the hidden widths, then the number of classes.
