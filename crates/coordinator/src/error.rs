@@ -29,11 +29,12 @@ pub enum CoordinatorError {
     #[error("run directory {0} is in use by another run; choose another --run-dir")]
     RunDirectoryInUse(PathBuf),
     #[error(
-        "--model {spec} has {parameters} parameters, more than the {max} that fit in one message; choose smaller layers"
+        "--model {spec} has {parameters} parameters, and split over {servers} parameter servers a range exceeds the {max} that fit in one message; choose smaller layers or more parameter servers"
     )]
     ModelTooLarge {
         spec: String,
         parameters: usize,
+        servers: usize,
         max: usize,
     },
     #[error(

@@ -109,19 +109,22 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         splits.train.num_features(),
         splits.train.classes,
     )?;
-    if description.parameters > MAX_MESSAGE_BYTES / 4 {
-        return Err(CoordinatorError::ModelTooLarge {
-            spec: config.model.to_string(),
-            parameters: description.parameters,
-            max: MAX_MESSAGE_BYTES / 4,
-        });
-    }
     let ps_ranges = split_params(description.parameters, config.ps_addresses.len()).ok_or(
         CoordinatorError::TooManyParameterServers {
             servers: config.ps_addresses.len(),
             parameters: description.parameters,
         },
     )?;
+    // Each server's range travels in one message.
+    let largest_range = ps_ranges.iter().map(|range| range.len()).max().unwrap_or(0);
+    if largest_range > MAX_MESSAGE_BYTES / 4 {
+        return Err(CoordinatorError::ModelTooLarge {
+            spec: config.model.to_string(),
+            parameters: description.parameters,
+            servers: config.ps_addresses.len(),
+            max: MAX_MESSAGE_BYTES / 4,
+        });
+    }
     let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
 
     let order = shuffle::permutation(train.len(), config.seed);
