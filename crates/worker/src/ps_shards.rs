@@ -93,7 +93,7 @@ impl ParameterServers {
         Ok(Self { servers })
     }
 
-    /// Addresses of the servers, for logs.
+    /// Returns the addresses of the servers, for logs.
     pub(crate) fn addresses(&self) -> Vec<&str> {
         self.servers.iter().map(|s| s.address.as_str()).collect()
     }
