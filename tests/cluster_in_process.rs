@@ -28,6 +28,17 @@ struct Cluster {
 /// Trains `mlp:64` on `data` with `workers` workers and `ps_shards`
 /// parameter servers, all in this process on 127.0.0.1.
 async fn run_cluster(data: &Path, run_dir: &Path, workers: usize, ps_shards: usize) -> Cluster {
+    run_cluster_with(data, run_dir, workers, ps_shards, |_| {}).await
+}
+
+/// Like `run_cluster`, with `adjust` applied to the coordinator's settings.
+async fn run_cluster_with(
+    data: &Path,
+    run_dir: &Path,
+    workers: usize,
+    ps_shards: usize,
+    adjust: impl FnOnce(&mut CoordinatorConfig),
+) -> Cluster {
     let mut ps_listeners = Vec::new();
     let mut ps_addresses = Vec::new();
     for _ in 0..ps_shards {
@@ -37,7 +48,7 @@ async fn run_cluster(data: &Path, run_dir: &Path, workers: usize, ps_shards: usi
     }
     let coordinator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let coordinator_address = coordinator_listener.local_addr().unwrap().to_string();
-    let config = CoordinatorConfig {
+    let mut config = CoordinatorConfig {
         data: data.to_owned(),
         model: ModelSpec::Mlp { hidden: vec![64] },
         workers,
@@ -47,6 +58,7 @@ async fn run_cluster(data: &Path, run_dir: &Path, workers: usize, ps_shards: usi
         validation_size: 1_000,
         ..CoordinatorConfig::with_defaults(run_dir.to_owned(), ps_addresses)
     };
+    adjust(&mut config);
     let prepared = prepare(config).unwrap();
 
     let servers: Vec<_> = ps_listeners
@@ -224,4 +236,36 @@ async fn two_parameter_servers_train_mnist_subset() {
     let mut workspace = Workspace::new(&model, 500);
     let pass = model.evaluate(&params, test.to_f32().view(), &test.labels, &mut workspace);
     assert_eq!(pass.accuracy(), accuracy);
+}
+
+/// With one worker the updates are applied in a fixed order, so splitting θ
+/// over 1, 2 or 4 parameter servers must give bitwise the same final θ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_gives_same_theta_for_any_server_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
+
+    let mut finals = Vec::new();
+    for ps_shards in [1, 2, 4] {
+        let run_dir = dir.path().join(format!("run-{ps_shards}"));
+        let Cluster { summary, .. } = run_cluster_with(&data, &run_dir, 1, ps_shards, |config| {
+            config.max_epochs = 2;
+            config.patience = 1_000;
+        })
+        .await;
+        assert_eq!(summary.stop_reason, "max_epochs");
+        let (_, params) = checkpoint::load(&run_dir.join("last.safetensors")).unwrap();
+        finals.push((ps_shards, summary.updates, params));
+    }
+
+    let (_, updates, params) = &finals[0];
+    for (ps_shards, other_updates, other_params) in &finals[1..] {
+        assert_eq!(other_updates, updates, "{ps_shards} servers");
+        let differing = params
+            .iter()
+            .zip(other_params)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differing, 0, "θ differs with {ps_shards} servers");
+    }
 }
