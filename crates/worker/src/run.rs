@@ -101,6 +101,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         batch_size,
         trainer: Some(Trainer::new(Mlp::new(&description)?, batch_size)),
         sequence: 0,
+        needs_pull: true,
         shards: HashMap::new(),
         report: WorkerReport {
             worker_id,
@@ -135,6 +136,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                 }
             }
             Some(next_work_reply::Action::WaitMs(ms)) => {
+                session.needs_pull = true;
                 tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
             }
             Some(next_work_reply::Action::Stop(stop)) => {
@@ -168,6 +170,8 @@ struct Session {
     /// `None` only while a step runs on the blocking pool.
     trainer: Option<Trainer>,
     sequence: u64,
+    /// Whether θ must be pulled before the next step.
+    needs_pull: bool,
     shards: HashMap<u32, Arc<Dataset>>,
     report: WorkerReport,
 }
@@ -217,9 +221,12 @@ impl Session {
         range: WorkRange,
     ) -> Result<(), WorkerError> {
         let shard = self.shard(coordinator, range.shard).await?;
-        // Each push returns the new θ, so this pull matters for the first
-        // range; later it also picks up what other workers pushed meanwhile.
-        self.pull(ps).await?;
+        // Each push returns the new θ, so a pull is needed only for the first
+        // range and after waiting, while other workers may have pushed.
+        if self.needs_pull {
+            self.pull(ps).await?;
+            self.needs_pull = false;
+        }
         let batches = shard::batch_count(shard.len(), self.batch_size);
         debug!(
             worker_id = self.worker_id,
