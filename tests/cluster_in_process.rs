@@ -241,7 +241,7 @@ async fn two_parameter_servers_train_mnist_subset() {
 /// With one worker the updates are applied in a fixed order, so splitting θ
 /// over 1, 2 or 4 parameter servers must give bitwise the same final θ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_gives_same_theta_for_any_server_count() {
+async fn server_count_leaves_theta_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
 

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use downpour_coordinator::{CoordinatorConfig, defaults};
 use downpour_model::ModelSpec;
 
-/// Asynchronous data-parallel SGD: a parameter server holds θ, workers push
+/// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
 /// minibatch gradients over gRPC, and a coordinator shards the data and
 /// stops training early on the validation error.
 #[derive(Debug, Parser)]
@@ -22,7 +22,7 @@ pub enum Command {
     Train(TrainArgs),
     /// Run the coordinator: data, shards, work, validation, early stopping.
     Coordinator(CoordinatorArgs),
-    /// Run a parameter server, which holds θ and applies pushed gradients.
+    /// Run a parameter server, which stores θ and applies pushed gradients.
     Ps(PsArgs),
     /// Run a worker, which computes minibatch gradients and pushes them.
     Worker(WorkerArgs),
@@ -128,7 +128,7 @@ pub struct WorkerArgs {
     pub connect_timeout: u64,
 }
 
-/// Which split of an MNIST folder `eval` scores.
+/// The split of an MNIST folder that `eval` scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Split {
     Train,

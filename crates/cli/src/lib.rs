@@ -34,7 +34,7 @@ pub fn main() -> i32 {
     }
 }
 
-/// Logs to standard error at `info`, or as `RUST_LOG` says.
+/// Logs to standard error at `info`, or at the levels `RUST_LOG` sets.
 fn install_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -53,7 +53,7 @@ impl<T> EarlyStopping<T> {
         }
     }
 
-    /// The lowest error seen, with its snapshot.
+    /// Returns the lowest error seen, with its snapshot.
     pub fn best(&self) -> Option<(f64, &T)> {
         self.best
             .as_ref()

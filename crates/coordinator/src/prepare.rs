@@ -34,7 +34,7 @@ impl EvalSet {
         self.labels.len()
     }
 
-    /// Whether the set holds no examples.
+    /// Returns whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

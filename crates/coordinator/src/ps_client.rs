@@ -154,7 +154,7 @@ impl ParameterServers {
         })
     }
 
-    /// Tells every server the run is over; a server that does not answer is
+    /// Tells every server the run is over. A server that does not reply is
     /// logged and skipped.
     pub(crate) async fn finish(&mut self) {
         for server in &mut self.servers {

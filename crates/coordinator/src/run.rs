@@ -132,7 +132,7 @@ struct Evaluator {
 
 impl Evaluator {
     /// Evaluates `params` on `set` on a blocking thread, so the servers in
-    /// this process keep answering.
+    /// this process keep serving requests.
     async fn evaluate(
         evaluator: &Arc<Mutex<Self>>,
         params: Arc<Vec<f32>>,
@@ -145,8 +145,8 @@ impl Evaluator {
             model.evaluate(&params, set.features.view(), &set.labels, workspace)
         });
         pass.await.unwrap_or_else(|error| {
-            // spawn_blocking fails only if the pass panicked or the runtime
-            // is shutting down; a panic is a bug worth surfacing.
+            // The join fails when the pass panicked, which is a bug, so the
+            // panic is raised again here.
             std::panic::resume_unwind(error.into_panic())
         })
     }
@@ -409,7 +409,7 @@ async fn wait_for_workers_to_stop(shared: &Shared, workers: usize) {
         .await
         .is_ok();
     match in_time {
-        true => info!(workers, "every worker was told to stop"),
+        true => info!(workers, "stop sent to every worker"),
         false => warn!(
             stop_sent = *shared.stopped_workers.borrow(),
             workers,

@@ -1,8 +1,8 @@
 //! The run directory: the event log, checkpoints and the summary.
 //!
 //! `summary.json` is written last, through a temporary file and a rename,
-//! so a directory with a summary holds a finished run and one without it
-//! holds a run that stopped early or is still going.
+//! so a directory with a summary contains a finished run, and one without
+//! it contains a run that stopped early or is still going.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -170,7 +170,7 @@ impl RunDir {
         })
     }
 
-    /// The directory's path.
+    /// Returns the directory's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,4 +1,4 @@
-//! The parameter server: it holds θ, applies the gradients that workers push
+//! The parameter server: it stores θ, applies the gradients that workers push
 //! with SGD and momentum, and serves θ to workers and the coordinator.
 //!
 //! The server starts empty. The coordinator sends the initial θ and the

@@ -1,7 +1,7 @@
 //! The worker: it registers with the coordinator, fetches the shard bytes
 //! it is assigned, and for each minibatch of its work ranges computes the
 //! mean gradient at its copy of θ and pushes it to the parameter server,
-//! which answers with the updated θ.
+//! which replies with the updated θ.
 
 mod error;
 mod ps_shards;

@@ -69,7 +69,7 @@ impl ParameterServers {
             if start != expected_offset || length == 0 || start.saturating_add(length) > parameters
             {
                 return Err(WorkerError::Layout(format!(
-                    "parameter server {index} holds {length} values from offset {start}, which does not continue the layout at {expected_offset} within {parameters} parameters"
+                    "invalid range for parameter server {index}: {length} values from offset {start}, expected a non-empty range from offset {expected_offset} within {parameters} parameters"
                 )));
             }
             expected_offset = start + length;

@@ -147,7 +147,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                 return Err(WorkerError::Rpc {
                     call: "NextWork",
                     code: tonic::Code::Internal,
-                    message: "the reply holds no action".to_owned(),
+                    message: "the reply is missing its action".to_owned(),
                 });
             }
         }

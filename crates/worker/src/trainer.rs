@@ -50,7 +50,7 @@ impl Trainer {
         self.labels.extend_from_slice(&shard.labels[rows.clone()]);
 
         let x = ArrayView2::from_shape((rows.len(), inputs), &*features)
-            .expect("the feature buffer holds exactly rows × inputs values");
+            .expect("the feature buffer has exactly rows × inputs values");
         self.model.loss_and_gradient(
             &self.params,
             x,
