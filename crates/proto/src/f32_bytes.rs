@@ -1,13 +1,14 @@
-//! θ and gradients travel as raw little-endian f32 bytes.
+//! θ and gradients travel as raw little-endian f32 bytes; gradients may
+//! travel as bfloat16 instead, at half the size.
 
 use bytes::Bytes;
 
 /// A byte field that cannot hold f32 values of the expected count.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum F32BytesError {
-    #[error("byte length {len} is not a multiple of 4")]
-    Misaligned { len: usize },
-    #[error("expected {expected} f32 values, got {actual}")]
+    #[error("byte length {len} is not a multiple of {width}")]
+    Misaligned { len: usize, width: usize },
+    #[error("expected {expected} values, got {actual}")]
     WrongCount { expected: usize, actual: usize },
 }
 
@@ -28,7 +29,10 @@ pub fn encode_f32s(values: &[f32]) -> Bytes {
 /// of 4.
 pub fn decode_f32s(bytes: &[u8]) -> Result<Vec<f32>, F32BytesError> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(F32BytesError::Misaligned { len: bytes.len() });
+        return Err(F32BytesError::Misaligned {
+            len: bytes.len(),
+            width: 4,
+        });
     }
     let mut out = vec![0.0; bytes.len() / 4];
     decode_f32s_into(bytes, &mut out)?;
@@ -43,7 +47,10 @@ pub fn decode_f32s(bytes: &[u8]) -> Result<Vec<f32>, F32BytesError> {
 /// Returns an error when the length is misaligned or does not match `out`.
 pub fn decode_f32s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesError> {
     if !bytes.len().is_multiple_of(4) {
-        return Err(F32BytesError::Misaligned { len: bytes.len() });
+        return Err(F32BytesError::Misaligned {
+            len: bytes.len(),
+            width: 4,
+        });
     }
     if bytes.len() / 4 != out.len() {
         return Err(F32BytesError::WrongCount {
@@ -59,6 +66,41 @@ pub fn decode_f32s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesErr
         for (value, chunk) in out.iter_mut().zip(bytes.chunks_exact(4)) {
             *value = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
         }
+    }
+    Ok(())
+}
+
+/// Encodes f32 values as little-endian bfloat16, rounding each to the
+/// nearest representable value (ties to even).
+pub fn encode_bf16s(values: &[f32]) -> Bytes {
+    let mut out = Vec::with_capacity(values.len() * 2);
+    for &value in values {
+        out.extend_from_slice(&half::bf16::from_f32(value).to_le_bytes());
+    }
+    Bytes::from(out)
+}
+
+/// Decodes little-endian bfloat16 bytes into `out`, which must have room for
+/// exactly `bytes.len() / 2` values.
+///
+/// # Errors
+///
+/// Returns an error when the length is misaligned or does not match `out`.
+pub fn decode_bf16s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesError> {
+    if !bytes.len().is_multiple_of(2) {
+        return Err(F32BytesError::Misaligned {
+            len: bytes.len(),
+            width: 2,
+        });
+    }
+    if bytes.len() / 2 != out.len() {
+        return Err(F32BytesError::WrongCount {
+            expected: out.len(),
+            actual: bytes.len() / 2,
+        });
+    }
+    for (value, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *value = half::bf16::from_le_bytes([pair[0], pair[1]]).to_f32();
     }
     Ok(())
 }
@@ -90,7 +132,32 @@ mod tests {
     fn misaligned_length_is_rejected() {
         assert_eq!(
             decode_f32s(&[0, 0, 0]),
-            Err(F32BytesError::Misaligned { len: 3 })
+            Err(F32BytesError::Misaligned { len: 3, width: 4 })
+        );
+    }
+
+    #[test]
+    fn bf16_round_trip_keeps_eight_significant_bits() {
+        let values = [0.0, 1.0, -2.5, 1.0 + 1.0 / 256.0, 3.0e-5, f32::INFINITY];
+        let encoded = encode_bf16s(&values);
+        assert_eq!(encoded.len(), values.len() * 2);
+        let mut decoded = [0.0; 6];
+
+        decode_bf16s_into(&encoded, &mut decoded).unwrap();
+
+        assert_eq!(decoded[..3], values[..3]);
+        // 1 + 2^-8 lies halfway between two bf16 values and rounds to even.
+        assert_eq!(decoded[3], 1.0);
+        assert!((decoded[4] - 3.0e-5).abs() / 3.0e-5 < 1.0 / 128.0);
+        assert_eq!(decoded[5], f32::INFINITY);
+    }
+
+    #[test]
+    fn bf16_rejects_odd_length() {
+        let mut out = [0.0; 1];
+        assert_eq!(
+            decode_bf16s_into(&[0, 0, 0], &mut out),
+            Err(F32BytesError::Misaligned { len: 3, width: 2 })
         );
     }
 

@@ -10,6 +10,8 @@ pub mod v1 {
 
 mod f32_bytes;
 
-pub use f32_bytes::{F32BytesError, decode_f32s, decode_f32s_into, encode_f32s};
+pub use f32_bytes::{
+    F32BytesError, decode_bf16s_into, decode_f32s, decode_f32s_into, encode_bf16s, encode_f32s,
+};
 
 pub mod transport;

@@ -44,6 +44,8 @@ fn apply_step(criterion: &mut Criterion) {
                 gradient: black_box(&gradients[pushes % 2]),
                 examples: 64,
                 loss: 2.3,
+                epoch: 0,
+                batch: 0,
             };
             store.apply_push(push).expect("finite push is applied")
         })

@@ -33,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 momentum: 0.9,
                 weight_decay: 0.0,
             }),
+            ..Default::default()
         })
         .await?;
 
@@ -48,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 examples: 64,
                 loss: 1.0,
                 return_params: true,
+                ..Default::default()
             })
             .await?
             .into_inner();

@@ -1,17 +1,20 @@
 //! The parameter server: it stores θ, applies the gradients that workers push
 //! with SGD and momentum, and serves θ to workers and the coordinator.
 //!
-//! The server starts empty. The coordinator sends the initial θ and the
-//! optimizer settings with `Init`; from then on every `Push` is applied as
-//! it arrives (asynchronous SGD) and bumps the version by one. `Finish`
-//! ends the run and makes [`serve`] return.
+//! The server starts empty. The coordinator sends the initial θ, the
+//! optimizer settings and the consistency mode with `Init`. In async mode
+//! every `Push` is applied as it arrives and bumps the version by one; in
+//! bounded mode the answer to a push waits while the pusher is too far
+//! ahead of the slowest worker; in sync mode the pushes of one step are
+//! averaged into one update. `StopTraining` freezes θ, and `Finish` ends the
+//! run and makes [`serve`] return.
 
+mod consistency;
 mod optimizer;
 mod service;
-
-pub use store::{Push, PushTotals};
 mod store;
 
+pub use consistency::{ClockError, Compensation, Consistency, ParseConsistencyError, StepClock};
 pub use optimizer::SgdConfig;
 pub use service::{ParameterServerService, serve};
-pub use store::{ParamStore, PushOutcome, StoreError};
+pub use store::{Accepted, ParamStore, Push, PushTotals, StoreError};

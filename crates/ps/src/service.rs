@@ -6,17 +6,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::parameter_server_server::{ParameterServer, ParameterServerServer};
 use downpour_proto::v1::{
-    FinishReply, FinishRequest, InitReply, InitRequest, PullReply, PullRequest, PushReply,
-    PushRequest,
+    ConsistencyMode, FinishReply, FinishRequest, GradientEncoding, InitReply, InitRequest,
+    PullReply, PullRequest, PushReply, PushRequest, StopTrainingReply, StopTrainingRequest,
 };
-use downpour_proto::{decode_f32s, decode_f32s_into, encode_f32s};
+use downpour_proto::{decode_bf16s_into, decode_f32s, decode_f32s_into, encode_f32s};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::consistency::{Compensation, Consistency, StepClock};
 use crate::optimizer::SgdConfig;
-use crate::store::{ParamStore, Push, PushTotals, StoreError};
+use crate::store::{Accepted, ParamStore, Push, PushTotals, StoreError};
 
 /// Shared state behind the service: the store, once initialised, and a
 /// reusable buffer for decoding gradients.
@@ -34,10 +35,14 @@ pub struct ParameterServerService {
     finished: Arc<Notify>,
 }
 
-/// The state that long-polling pulls wait on.
+/// The state that long-polling pulls and held pushes wait on.
 #[derive(Debug, Clone, Copy, Default)]
 struct VersionState {
     version: u64,
+    /// Steps done by the slowest worker, in bounded mode.
+    min_done: u64,
+    /// Training stopped: nothing waits any more.
+    stopped: bool,
     finished: bool,
 }
 
@@ -62,6 +67,43 @@ impl ParameterServerService {
         self.finished.notified().await;
     }
 
+    /// Waits until the watched state satisfies `ready`.
+    async fn wait_for(
+        &self,
+        ready: impl FnMut(&VersionState) -> bool,
+    ) -> Result<VersionState, Status> {
+        let mut watched = self.version.subscribe();
+        let state = *watched
+            .wait_for(ready)
+            .await
+            .map_err(|_| Status::unavailable("parameter server is shutting down"))?;
+        Ok(state)
+    }
+
+    /// The consistency mode of the current run.
+    fn lock_consistency(&self) -> Consistency {
+        self.lock()
+            .store
+            .as_ref()
+            .map_or(Consistency::Async, ParamStore::consistency)
+    }
+
+    /// The answer to a push that came in after training stopped.
+    fn stopped_reply(&self, request: &PushRequest) -> Result<PushReply, Status> {
+        let state = self.lock();
+        let store = state.store.as_ref().ok_or_else(not_initialised)?;
+        Ok(PushReply {
+            version: store.version(),
+            staleness: 0,
+            params: if request.return_params {
+                encode_f32s(store.params())
+            } else {
+                Default::default()
+            },
+            training_stopped: true,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug in the store; the
         // state itself stays consistent because every update validates first.
@@ -75,7 +117,9 @@ impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::FutureVersion { .. } => Status::out_of_range(error.to_string()),
-            StoreError::Diverged { .. } => Status::failed_precondition(error.to_string()),
+            StoreError::Diverged { .. }
+            | StoreError::WrongStep { .. }
+            | StoreError::DuplicatePush { .. } => Status::failed_precondition(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         }
     }
@@ -93,7 +137,71 @@ fn totals_to_proto(totals: &PushTotals) -> downpour_proto::v1::PushTotals {
         staleness_sum: totals.staleness_sum,
         max_staleness: totals.max_staleness,
         pushes_by_worker: totals.pushes_by_worker.clone().into_iter().collect(),
+        staleness_counts: totals.staleness_counts.clone().into_iter().collect(),
+        updates: totals.updates,
     }
+}
+
+/// Builds the store `Init` asks for.
+fn new_store(request: &InitRequest) -> Result<ParamStore, Status> {
+    let params = decode_f32s(&request.params)
+        .map_err(|e| Status::invalid_argument(format!("params: {e}")))?;
+    let optimizer = request
+        .optimizer
+        .ok_or_else(|| Status::invalid_argument("optimizer settings are missing"))?;
+    let sgd = SgdConfig {
+        learning_rate: optimizer.learning_rate,
+        momentum: optimizer.momentum,
+        weight_decay: optimizer.weight_decay,
+    };
+    let consistency = match ConsistencyMode::try_from(request.consistency) {
+        Ok(ConsistencyMode::Async) => Consistency::Async,
+        Ok(ConsistencyMode::Bounded) => Consistency::Bounded {
+            bound: request.staleness_bound,
+        },
+        Ok(ConsistencyMode::Sync) => Consistency::Sync,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "consistency: unknown mode {}",
+                request.consistency
+            )));
+        }
+    };
+    let clock = if request.worker_batches.is_empty() {
+        None
+    } else {
+        Some(
+            StepClock::new(request.worker_batches.clone(), request.push_every.max(1))
+                .ok_or_else(|| {
+                    Status::invalid_argument("worker_batches: every worker needs a minibatch")
+                })?,
+        )
+    };
+    let compensation = request
+        .compensation
+        .map(|c| Compensation {
+            scale_by_staleness: c.scale_by_staleness,
+            dc_lambda: c.dc_lambda,
+        })
+        .unwrap_or_default();
+    Ok(ParamStore::new(request.run_id.clone(), params, sgd)?
+        .with_consistency(consistency, clock)?
+        .with_compensation(compensation)?)
+}
+
+/// Decodes a pushed gradient into `out` as its encoding says.
+fn decode_gradient(request: &PushRequest, out: &mut [f32]) -> Result<(), Status> {
+    let decoded = match GradientEncoding::try_from(request.encoding) {
+        Ok(GradientEncoding::F32) => decode_f32s_into(&request.gradient, out),
+        Ok(GradientEncoding::Bf16) => decode_bf16s_into(&request.gradient, out),
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "encoding: unknown gradient encoding {}",
+                request.encoding
+            )));
+        }
+    };
+    decoded.map_err(|error| Status::invalid_argument(format!("gradient: {error}")))
 }
 
 #[tonic::async_trait]
@@ -114,23 +222,16 @@ impl ParameterServer for ParameterServerService {
             )));
         }
 
-        let params = decode_f32s(&request.params)
-            .map_err(|e| Status::invalid_argument(format!("params: {e}")))?;
-        let optimizer = request
-            .optimizer
-            .ok_or_else(|| Status::invalid_argument("optimizer settings are missing"))?;
-        let sgd = SgdConfig {
-            learning_rate: optimizer.learning_rate,
-            momentum: optimizer.momentum,
-            weight_decay: optimizer.weight_decay,
-        };
-        let store = ParamStore::new(request.run_id.clone(), params, sgd)?;
+        let store = new_store(&request)?;
+        let optimizer = request.optimizer.unwrap_or_default();
         info!(
             run_id = %request.run_id,
             parameters = store.params().len(),
-            learning_rate = %sgd.learning_rate,
-            momentum = %sgd.momentum,
-            weight_decay = %sgd.weight_decay,
+            learning_rate = %optimizer.learning_rate,
+            momentum = %optimizer.momentum,
+            weight_decay = %optimizer.weight_decay,
+            consistency = %store.consistency(),
+            workers = request.worker_batches.len(),
             "parameter server initialised"
         );
         state.gradient = vec![0.0; store.params().len()];
@@ -139,20 +240,22 @@ impl ParameterServer for ParameterServerService {
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullReply>, Status> {
-        let min_version = request.into_inner().min_version;
+        let request = request.into_inner();
+        let min_version = request.min_version;
         if min_version > 0 {
-            let mut versions = self.version.subscribe();
-            let reached = versions
-                .wait_for(|state| state.version >= min_version || state.finished)
-                .await
-                .map_err(|_| Status::unavailable("parameter server is shutting down"))?;
+            let reached = self
+                .wait_for(|state| state.version >= min_version || state.stopped)
+                .await?;
             if reached.finished {
                 return Err(Status::unavailable("parameter server finished its run"));
             }
         }
 
-        let state = self.lock();
-        let store = state.store.as_ref().ok_or_else(not_initialised)?;
+        let mut state = self.lock();
+        let store = state.store.as_mut().ok_or_else(not_initialised)?;
+        if let Some(worker_id) = request.worker_id {
+            store.record_sent(worker_id);
+        }
         Ok(Response::new(PullReply {
             version: store.version(),
             params: encode_f32s(store.params()),
@@ -162,43 +265,96 @@ impl ParameterServer for ParameterServerService {
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
         let request = request.into_inner();
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let store = state.store.as_mut().ok_or_else(not_initialised)?;
-
-        if let Err(error) = decode_f32s_into(&request.gradient, &mut state.gradient) {
-            warn!(worker_id = request.worker_id, %error, "push rejected");
-            return Err(Status::invalid_argument(format!("gradient: {error}")));
-        }
-        let push = Push {
-            worker_id: request.worker_id,
-            version: request.version,
-            gradient: &state.gradient,
-            examples: request.examples,
-            loss: request.loss,
-        };
-        let outcome = match store.apply_push(push) {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                warn!(worker_id = request.worker_id, %error, "push rejected");
-                return Err(error.into());
+        let accepted = {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let store = state.store.as_mut().ok_or_else(not_initialised)?;
+            if let Err(status) = decode_gradient(&request, &mut state.gradient) {
+                warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
+                return Err(status);
+            }
+            let push = Push {
+                worker_id: request.worker_id,
+                version: request.version,
+                gradient: &state.gradient,
+                examples: request.examples,
+                loss: request.loss,
+                epoch: request.epoch,
+                batch: request.batch,
+            };
+            let accepted = store.apply_push(push);
+            let (version, min_done) = (store.version(), store.min_done());
+            self.version.send_if_modified(|watched| {
+                let changed = watched.version != version || watched.min_done != min_done;
+                watched.version = version;
+                watched.min_done = min_done;
+                changed
+            });
+            match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(worker_id = request.worker_id, %error, "push rejected");
+                    return Err(error.into());
+                }
             }
         };
 
+        let (staleness, waited) = match accepted {
+            Accepted::Applied {
+                staleness, done, ..
+            } => {
+                let waited = match self.lock_consistency() {
+                    Consistency::Bounded { bound } => Some(
+                        self.wait_for(|state| {
+                            state.min_done.saturating_add(bound) >= done || state.stopped
+                        })
+                        .await?,
+                    ),
+                    _ => None,
+                };
+                (staleness, waited)
+            }
+            Accepted::Held { step } => {
+                let waited = self
+                    .wait_for(|state| state.version > step || state.stopped)
+                    .await?;
+                if waited.version <= step {
+                    return Ok(Response::new(self.stopped_reply(&request)?));
+                }
+                (0, Some(waited))
+            }
+            Accepted::Stopped => return Ok(Response::new(self.stopped_reply(&request)?)),
+        };
+
+        let mut state = self.lock();
+        let store = state.store.as_mut().ok_or_else(not_initialised)?;
         let params = if request.return_params {
+            store.record_sent(request.worker_id);
             encode_f32s(store.params())
         } else {
             Default::default()
         };
-        drop(guard);
-        self.version
-            .send_modify(|state| state.version = state.version.max(outcome.version));
-
         Ok(Response::new(PushReply {
-            version: outcome.version,
-            staleness: outcome.staleness,
+            version: store.version(),
+            staleness,
             params,
+            training_stopped: waited.is_some_and(|w| w.stopped) && store.is_stopped(),
         }))
+    }
+
+    async fn stop_training(
+        &self,
+        _request: Request<StopTrainingRequest>,
+    ) -> Result<Response<StopTrainingReply>, Status> {
+        let version = {
+            let mut state = self.lock();
+            let store = state.store.as_mut().ok_or_else(not_initialised)?;
+            store.stop();
+            store.version()
+        };
+        info!(version, "training stopped; θ is frozen");
+        self.version.send_modify(|state| state.stopped = true);
+        Ok(Response::new(StopTrainingReply { version }))
     }
 
     async fn finish(
@@ -207,7 +363,10 @@ impl ParameterServer for ParameterServerService {
     ) -> Result<Response<FinishReply>, Status> {
         let version = self.lock().store.as_ref().map_or(0, ParamStore::version);
         info!(version, "run finished; parameter server stopping");
-        self.version.send_modify(|state| state.finished = true);
+        self.version.send_modify(|state| {
+            state.finished = true;
+            state.stopped = true;
+        });
         self.finished.notify_one();
         Ok(Response::new(FinishReply { version }))
     }

@@ -1,7 +1,9 @@
-//! θ, its optimizer state and the push accounting, with no I/O.
+//! θ, its optimizer state, the consistency rules and the push accounting,
+//! with no I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use crate::consistency::{ClockError, Compensation, Consistency, StepClock};
 use crate::optimizer::SgdConfig;
 
 /// A rejected `Init` or push. θ is unchanged whenever one is returned.
@@ -13,6 +15,8 @@ pub enum StoreError {
     NonFiniteParams { index: usize },
     #[error("invalid optimizer settings: {0}")]
     InvalidOptimizer(String),
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
     #[error("gradient holds {actual} values but θ holds {expected}")]
     WrongLength { expected: usize, actual: usize },
     #[error("gradient holds a non-finite value at index {index}")]
@@ -21,6 +25,12 @@ pub enum StoreError {
     FutureVersion { version: u64, current: u64 },
     #[error("push reports a non-finite loss")]
     NonFiniteLoss,
+    #[error("push out of place: {0}")]
+    Clock(#[from] ClockError),
+    #[error("push belongs to step {step}, but the server is collecting step {current}")]
+    WrongStep { step: u64, current: u64 },
+    #[error("worker {worker} already pushed for step {step}")]
+    DuplicatePush { worker: u32, step: u64 },
     #[error(
         "training diverged at update {version}: θ holds non-finite values; lower the learning rate (--lr)"
     )]
@@ -32,43 +42,91 @@ pub enum StoreError {
 pub struct PushTotals {
     /// Training examples behind the applied gradients.
     pub examples: u64,
-    /// Sum of the minibatch mean losses.
+    /// Sum of the mean losses of the applied pushes.
     pub loss_sum: f64,
     /// Applied pushes.
     pub pushes: u64,
+    /// Updates of θ: one per push, except in sync mode, where one update
+    /// averages the pushes of a step.
+    pub updates: u64,
     /// Sum of the staleness of every push.
     pub staleness_sum: u64,
     /// Largest staleness seen.
     pub max_staleness: u64,
+    /// Number of pushes per staleness value.
+    pub staleness_counts: BTreeMap<u64, u64>,
     /// Applied pushes per worker id.
     pub pushes_by_worker: BTreeMap<u32, u64>,
 }
 
-/// One minibatch gradient pushed by a worker.
+impl PushTotals {
+    fn count(&mut self, worker_id: u32, examples: u32, loss: f32, staleness: u64) {
+        self.examples += u64::from(examples);
+        self.loss_sum += f64::from(loss);
+        self.pushes += 1;
+        self.staleness_sum += staleness;
+        self.max_staleness = self.max_staleness.max(staleness);
+        *self.staleness_counts.entry(staleness).or_default() += 1;
+        *self.pushes_by_worker.entry(worker_id).or_default() += 1;
+    }
+}
+
+/// One gradient pushed by a worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Push<'a> {
     pub worker_id: u32,
     /// Version of θ the gradient was computed at.
     pub version: u64,
-    /// Mean gradient over the minibatch.
+    /// Mean gradient over the pushed minibatches.
     pub gradient: &'a [f32],
     pub examples: u32,
-    /// Mean loss over the minibatch.
+    /// Mean loss over the pushed examples.
     pub loss: f32,
+    /// Epoch of the last minibatch in the push.
+    pub epoch: u32,
+    /// Shard index of the last minibatch in the push.
+    pub batch: u32,
 }
 
-/// The result of an applied push.
+/// What became of an accepted push, and when its answer may go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PushOutcome {
-    /// Version after the push.
-    pub version: u64,
-    /// Versions applied between the pull the gradient came from and this
-    /// push.
-    pub staleness: u64,
+pub enum Accepted {
+    /// Applied to θ. In bounded mode the answer waits until
+    /// [`ParamStore::min_done`] reaches `done − bound`.
+    Applied {
+        /// Version after the push.
+        version: u64,
+        /// Versions applied between the θ the gradient came from and this
+        /// push.
+        staleness: u64,
+        /// Steps the pusher has done, or 0 without a step clock.
+        done: u64,
+    },
+    /// Held for the other pushes of `step` (sync mode); the answer waits
+    /// until the version passes `step`.
+    Held { step: u64 },
+    /// Training has stopped; the push was dropped.
+    Stopped,
+}
+
+/// A push held for the rest of its step.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    examples: u32,
+    loss: f32,
+    staleness: u64,
+}
+
+/// The pushes collected for the current step in sync mode, one slot per
+/// worker, with a gradient buffer per worker that is reused every step.
+#[derive(Debug)]
+struct Round {
+    held: Vec<Option<Held>>,
+    gradients: Vec<Vec<f32>>,
 }
 
 /// θ, the momentum buffer, the version counter and the push totals of one
-/// run.
+/// run, with the rules of its consistency mode.
 #[derive(Debug)]
 pub struct ParamStore {
     run_id: String,
@@ -79,10 +137,21 @@ pub struct ParamStore {
     totals: PushTotals,
     /// Version at which θ first held a non-finite value.
     diverged_at: Option<u64>,
+    consistency: Consistency,
+    compensation: Compensation,
+    clock: Option<StepClock>,
+    /// Steps each worker has done (bounded mode).
+    done: Vec<u64>,
+    round: Option<Round>,
+    /// The θ last sent to each worker, kept for delay compensation.
+    sent: HashMap<u32, Vec<f32>>,
+    /// The gradient after compensation, or the step's average.
+    scratch: Vec<f32>,
+    stopped: bool,
 }
 
 impl ParamStore {
-    /// Creates a store at version 0 holding `params`.
+    /// Creates an asynchronous store at version 0 holding `params`.
     ///
     /// # Errors
     ///
@@ -98,13 +167,65 @@ impl ParamStore {
         let velocity = vec![0.0; params.len()];
         Ok(Self {
             run_id,
+            scratch: vec![0.0; params.len()],
             params,
             velocity,
             sgd,
             version: 0,
             totals: PushTotals::default(),
             diverged_at: None,
+            consistency: Consistency::Async,
+            compensation: Compensation::default(),
+            clock: None,
+            done: Vec::new(),
+            round: None,
+            sent: HashMap::new(),
+            stopped: false,
         })
+    }
+
+    /// Sets the consistency mode. Bounded and sync modes need the step
+    /// clock; with a clock, pushes from unknown workers or out of the
+    /// schedule are rejected in every mode.
+    ///
+    /// # Errors
+    ///
+    /// Rejects bounded or sync mode without a clock.
+    pub fn with_consistency(
+        mut self,
+        consistency: Consistency,
+        clock: Option<StepClock>,
+    ) -> Result<Self, StoreError> {
+        if consistency != Consistency::Async && clock.is_none() {
+            return Err(StoreError::InvalidSchedule(format!(
+                "{consistency} mode needs the number of minibatches of every worker"
+            )));
+        }
+        let workers = clock.as_ref().map_or(0, StepClock::workers);
+        self.done = vec![0; workers];
+        self.round = (consistency == Consistency::Sync).then(|| Round {
+            held: vec![None; workers],
+            gradients: vec![Vec::new(); workers],
+        });
+        self.consistency = consistency;
+        self.clock = clock;
+        Ok(self)
+    }
+
+    /// Sets the corrections for stale gradients.
+    ///
+    /// # Errors
+    ///
+    /// Rejects a negative or non-finite λ.
+    pub fn with_compensation(mut self, compensation: Compensation) -> Result<Self, StoreError> {
+        if !(compensation.dc_lambda.is_finite() && compensation.dc_lambda >= 0.0) {
+            return Err(StoreError::InvalidOptimizer(format!(
+                "delay compensation λ must be zero or positive, got {}",
+                compensation.dc_lambda
+            )));
+        }
+        self.compensation = compensation;
+        Ok(self)
     }
 
     /// Identifier of the run the store was initialised for.
@@ -117,7 +238,7 @@ impl ParamStore {
         &self.params
     }
 
-    /// Number of pushes applied so far.
+    /// Number of updates applied so far.
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -127,16 +248,55 @@ impl ParamStore {
         &self.totals
     }
 
-    /// Validates a push and applies it with the optimizer.
+    /// The consistency mode.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// Steps done by the slowest worker (bounded mode), or `u64::MAX`
+    /// when no worker holds anyone back.
+    pub fn min_done(&self) -> u64 {
+        self.done.iter().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Whether training has stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Stops training: later pushes are dropped, and so are the pushes held
+    /// for an unfinished sync step.
+    pub fn stop(&mut self) {
+        self.stopped = true;
+        if let Some(round) = &mut self.round {
+            round.held.fill(None);
+        }
+    }
+
+    /// Records that `worker_id` now holds the current θ, when delay
+    /// compensation needs to know.
+    pub fn record_sent(&mut self, worker_id: u32) {
+        if self.compensation.dc_lambda == 0.0 {
+            return;
+        }
+        let sent = self.sent.entry(worker_id).or_default();
+        sent.clear();
+        sent.extend_from_slice(&self.params);
+    }
+
+    /// Validates a push and applies it, or holds it for its sync step.
     ///
     /// # Errors
     ///
     /// Rejects a gradient of the wrong length or with a non-finite value, a
-    /// non-finite loss, and a version the server has not reached yet. θ is
-    /// untouched on error.
-    pub fn apply_push(&mut self, push: Push<'_>) -> Result<PushOutcome, StoreError> {
+    /// non-finite loss, a version the server has not reached yet, and a
+    /// position outside the schedule. θ is untouched on error.
+    pub fn apply_push(&mut self, push: Push<'_>) -> Result<Accepted, StoreError> {
         if let Some(version) = self.diverged_at {
             return Err(StoreError::Diverged { version });
+        }
+        if self.stopped {
+            return Ok(Accepted::Stopped);
         }
         if push.gradient.len() != self.params.len() {
             return Err(StoreError::WrongLength {
@@ -156,32 +316,148 @@ impl ParamStore {
         if let Some(index) = push.gradient.iter().position(|v| !v.is_finite()) {
             return Err(StoreError::NonFiniteGradient { index });
         }
-
+        if let Some(clock) = &self.clock {
+            clock.check(push.worker_id, push.batch)?;
+        }
         let staleness = self.version - push.version;
-        self.sgd
-            .apply(&mut self.params, &mut self.velocity, push.gradient);
+
+        if self.consistency == Consistency::Sync {
+            return self.hold(push, staleness);
+        }
+
+        let gradient = if self.compensate(push, staleness) {
+            &self.scratch
+        } else {
+            push.gradient
+        };
+        self.sgd.apply(&mut self.params, &mut self.velocity, gradient);
         self.version += 1;
+        self.totals
+            .count(push.worker_id, push.examples, push.loss, staleness);
+        self.totals.updates = self.version;
+        let done = match &self.clock {
+            Some(clock) => {
+                let done = clock.done_after(push.worker_id, push.epoch, push.batch);
+                let slot = &mut self.done[push.worker_id as usize];
+                *slot = (*slot).max(done);
+                done
+            }
+            None => 0,
+        };
+        self.check_finite()?;
+        Ok(Accepted::Applied {
+            version: self.version,
+            staleness,
+            done,
+        })
+    }
 
-        let totals = &mut self.totals;
-        totals.examples += u64::from(push.examples);
-        totals.loss_sum += f64::from(push.loss);
-        totals.pushes += 1;
-        totals.staleness_sum += staleness;
-        totals.max_staleness = totals.max_staleness.max(staleness);
-        *totals.pushes_by_worker.entry(push.worker_id).or_default() += 1;
+    /// Writes the corrected gradient of `push` into `self.scratch` and
+    /// returns true, or returns false when no correction applies.
+    fn compensate(&mut self, push: Push<'_>, staleness: u64) -> bool {
+        let Compensation {
+            scale_by_staleness,
+            dc_lambda,
+        } = self.compensation;
+        let sent = self
+            .sent
+            .get(&push.worker_id)
+            .filter(|_| dc_lambda != 0.0 && staleness > 0);
+        let scale = scale_by_staleness && staleness > 0;
+        if sent.is_none() && !scale {
+            return false;
+        }
+        self.scratch.copy_from_slice(push.gradient);
+        if let Some(then) = sent {
+            for ((g, &now), &then) in self.scratch.iter_mut().zip(&self.params).zip(then) {
+                *g += dc_lambda * *g * *g * (now - then);
+            }
+        }
+        if scale {
+            let factor = 1.0 / (staleness as f32 + 1.0);
+            self.scratch.iter_mut().for_each(|g| *g *= factor);
+        }
+        true
+    }
 
-        // Finite gradients can still overflow θ when the learning rate is
-        // too large; every later push is rejected from then on.
+    /// Holds a sync push and applies the step once every worker that has a
+    /// minibatch at it has pushed.
+    fn hold(&mut self, push: Push<'_>, staleness: u64) -> Result<Accepted, StoreError> {
+        let clock = self.clock.as_ref().expect("sync mode always has a clock");
+        let round = self.round.as_mut().expect("sync mode always has a round");
+        let step = clock.step(push.epoch, push.batch);
+        if step != self.version {
+            return Err(StoreError::WrongStep {
+                step,
+                current: self.version,
+            });
+        }
+        let worker = push.worker_id as usize;
+        if round.held[worker].is_some() {
+            return Err(StoreError::DuplicatePush {
+                worker: push.worker_id,
+                step,
+            });
+        }
+        round.gradients[worker].clear();
+        round.gradients[worker].extend_from_slice(push.gradient);
+        round.held[worker] = Some(Held {
+            examples: push.examples,
+            loss: push.loss,
+            staleness,
+        });
+
+        let complete = (0..clock.workers())
+            .all(|w| round.held[w].is_some() || !clock.pushes_at(w, step));
+        if complete {
+            self.apply_round()?;
+        }
+        Ok(Accepted::Held { step })
+    }
+
+    /// Applies the average of the held gradients, weighted by their
+    /// examples and summed in worker order, so that the result does not
+    /// depend on the order the pushes arrived in.
+    fn apply_round(&mut self) -> Result<(), StoreError> {
+        let round = self.round.as_mut().expect("sync mode always has a round");
+        let examples: u64 = round
+            .held
+            .iter()
+            .flatten()
+            .map(|held| u64::from(held.examples))
+            .sum();
+        let weight_total = examples.max(1) as f32;
+        self.scratch.fill(0.0);
+        for (held, gradient) in round.held.iter().zip(&round.gradients) {
+            let Some(held) = held else { continue };
+            let weight = held.examples as f32 / weight_total;
+            for (sum, &g) in self.scratch.iter_mut().zip(gradient) {
+                *sum += weight * g;
+            }
+        }
+        for (worker, held) in round.held.iter_mut().enumerate() {
+            if let Some(held) = held.take() {
+                self.totals
+                    .count(worker as u32, held.examples, held.loss, held.staleness);
+            }
+        }
+        self.sgd
+            .apply(&mut self.params, &mut self.velocity, &self.scratch);
+        self.version += 1;
+        self.totals.updates = self.version;
+        self.check_finite()
+    }
+
+    /// Finite gradients can still overflow θ when the learning rate is too
+    /// large; every later push is rejected from then on.
+    fn check_finite(&mut self) -> Result<(), StoreError> {
         if self.params.iter().any(|v| !v.is_finite()) {
             self.diverged_at = Some(self.version);
             return Err(StoreError::Diverged {
                 version: self.version,
             });
         }
-        Ok(PushOutcome {
-            version: self.version,
-            staleness,
-        })
+        Ok(())
     }
 }
 
@@ -205,6 +481,17 @@ mod tests {
             gradient,
             examples: 64,
             loss: 0.5,
+            epoch: 0,
+            batch: 0,
+        }
+    }
+
+    fn applied(outcome: Accepted) -> (u64, u64) {
+        match outcome {
+            Accepted::Applied {
+                version, staleness, ..
+            } => (version, staleness),
+            other => panic!("push was not applied: {other:?}"),
         }
     }
 
@@ -216,9 +503,10 @@ mod tests {
 
         assert_eq!(
             outcome,
-            PushOutcome {
+            Accepted::Applied {
                 version: 1,
-                staleness: 0
+                staleness: 0,
+                done: 0
             }
         );
         assert_eq!(store.params(), &[0.0, 3.0]);
@@ -237,8 +525,12 @@ mod tests {
 
         let outcome = store.apply_push(push(1, &[0.0, 0.0])).unwrap();
 
-        assert_eq!(outcome.staleness, 2);
+        assert_eq!(applied(outcome), (4, 2));
         assert_eq!(store.totals().staleness_sum, 2);
+        assert_eq!(
+            store.totals().staleness_counts,
+            BTreeMap::from([(0, 3), (2, 1)])
+        );
         assert_eq!(store.totals().max_staleness, 2);
     }
 
@@ -313,5 +605,175 @@ mod tests {
             ParamStore::new("r".into(), vec![0.0, f32::INFINITY], sgd).unwrap_err(),
             StoreError::NonFiniteParams { index: 1 }
         );
+    }
+
+    fn sync_store(worker_batches: Vec<u32>) -> ParamStore {
+        let clock = StepClock::new(worker_batches, 1).unwrap();
+        store()
+            .with_consistency(Consistency::Sync, Some(clock))
+            .unwrap()
+    }
+
+    fn at(worker_id: u32, batch: u32, gradient: &[f32], examples: u32) -> Push<'_> {
+        Push {
+            worker_id,
+            batch,
+            examples,
+            ..push(batch.into(), gradient)
+        }
+    }
+
+    #[test]
+    fn sync_step_waits_for_every_worker_and_averages_by_examples() {
+        let mut store = sync_store(vec![2, 2]);
+
+        let first = store.apply_push(at(1, 0, &[4.0, 0.0], 32)).unwrap();
+        assert_eq!(first, Accepted::Held { step: 0 });
+        assert_eq!(store.version(), 0);
+        assert_eq!(store.params(), &[1.0, 2.0]);
+
+        store.apply_push(at(0, 0, &[1.0, 3.0], 96)).unwrap();
+
+        // Mean gradient (96·[1, 3] + 32·[4, 0]) / 128 = [1.75, 2.25].
+        assert_eq!(store.version(), 1);
+        assert_eq!(store.params(), &[1.0 - 0.5 * 1.75, 2.0 - 0.5 * 2.25]);
+        assert_eq!(store.totals().pushes, 2);
+        assert_eq!(store.totals().updates, 1);
+        assert_eq!(store.totals().examples, 128);
+    }
+
+    #[test]
+    fn sync_result_does_not_depend_on_arrival_order() {
+        let gradients = [[0.3f32, -0.7], [1.1, 0.2], [-0.4, 0.9]];
+        let mut results = Vec::new();
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut store = sync_store(vec![1, 1, 1]);
+            for worker in order {
+                store
+                    .apply_push(at(worker, 0, &gradients[worker as usize], 64))
+                    .unwrap();
+            }
+            results.push(store.params().to_vec());
+        }
+        assert_eq!(results[0], results[1]);
+        assert_eq!(results[0], results[2]);
+    }
+
+    #[test]
+    fn sync_skips_workers_whose_shard_is_done() {
+        // Worker 1 has one minibatch less, so step 1 holds worker 0 alone.
+        let mut store = sync_store(vec![2, 1]);
+        store.apply_push(at(0, 0, &[0.0, 0.0], 64)).unwrap();
+        store.apply_push(at(1, 0, &[0.0, 0.0], 64)).unwrap();
+
+        store.apply_push(at(0, 1, &[1.0, 1.0], 64)).unwrap();
+
+        assert_eq!(store.version(), 2);
+    }
+
+    #[test]
+    fn sync_rejects_duplicates_and_pushes_for_other_steps() {
+        let mut store = sync_store(vec![2, 2]);
+        store.apply_push(at(0, 0, &[1.0, 1.0], 64)).unwrap();
+
+        assert_eq!(
+            store.apply_push(at(0, 0, &[1.0, 1.0], 64)),
+            Err(StoreError::DuplicatePush { worker: 0, step: 0 })
+        );
+        assert_eq!(
+            store.apply_push(Push {
+                version: 0,
+                ..at(1, 1, &[1.0, 1.0], 64)
+            }),
+            Err(StoreError::WrongStep {
+                step: 1,
+                current: 0
+            })
+        );
+        assert!(matches!(
+            store.apply_push(at(2, 0, &[1.0, 1.0], 64)),
+            Err(StoreError::Clock(ClockError::UnknownWorker { .. }))
+        ));
+    }
+
+    #[test]
+    fn stop_drops_held_and_later_pushes() {
+        let mut store = sync_store(vec![2, 2]);
+        store.apply_push(at(0, 0, &[1.0, 1.0], 64)).unwrap();
+
+        store.stop();
+
+        assert_eq!(
+            store.apply_push(at(1, 0, &[1.0, 1.0], 64)),
+            Ok(Accepted::Stopped)
+        );
+        assert_eq!(store.version(), 0);
+        assert_eq!(store.totals().pushes, 0);
+    }
+
+    #[test]
+    fn bounded_tracks_the_slowest_worker() {
+        let clock = StepClock::new(vec![3, 2], 1).unwrap();
+        let mut store = store()
+            .with_consistency(Consistency::Bounded { bound: 1 }, Some(clock))
+            .unwrap();
+        assert_eq!(store.min_done(), 0);
+
+        let outcome = store.apply_push(at(0, 0, &[0.0, 0.0], 64)).unwrap();
+        assert!(matches!(outcome, Accepted::Applied { done: 1, .. }));
+        assert_eq!(store.min_done(), 0);
+
+        store.apply_push(Push {
+            version: 1,
+            ..at(1, 0, &[0.0, 0.0], 64)
+        })
+        .unwrap();
+        assert_eq!(store.min_done(), 1);
+        // Worker 1's second push ends its shard and so the epoch.
+        store.apply_push(Push {
+            version: 2,
+            ..at(1, 1, &[0.0, 0.0], 64)
+        })
+        .unwrap();
+        assert_eq!(store.min_done(), 1);
+    }
+
+    #[test]
+    fn staleness_scaling_divides_the_step() {
+        let mut store = store()
+            .with_compensation(Compensation {
+                scale_by_staleness: true,
+                dc_lambda: 0.0,
+            })
+            .unwrap();
+        store.apply_push(push(0, &[0.0, 0.0])).unwrap();
+
+        // Staleness 1: the gradient [2, -2] is halved before the step.
+        store.apply_push(push(0, &[2.0, -2.0])).unwrap();
+
+        assert_eq!(store.params(), &[0.5, 2.5]);
+    }
+
+    #[test]
+    fn delay_compensation_uses_the_theta_sent_to_the_worker() {
+        let mut store = store()
+            .with_compensation(Compensation {
+                scale_by_staleness: false,
+                dc_lambda: 0.5,
+            })
+            .unwrap();
+        store.record_sent(7);
+        // Another worker moves θ from [1, 2] to [0, 3].
+        store
+            .apply_push(Push {
+                worker_id: 8,
+                ..push(0, &[2.0, -2.0])
+            })
+            .unwrap();
+
+        store.apply_push(push(0, &[1.0, 2.0])).unwrap();
+
+        // g + λ·g²·(θ_now − θ_then) = [1 + 0.5·1·(−1), 2 + 0.5·4·1] = [0.5, 4].
+        assert_eq!(store.params(), &[0.0 - 0.5 * 0.5, 3.0 - 0.5 * 4.0]);
     }
 }
