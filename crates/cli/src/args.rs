@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use downpour_coordinator::{CoordinatorConfig, defaults};
 use downpour_model::ModelSpec;
+use downpour_ps::{Compensation, Consistency};
 
 /// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
 /// minibatch gradients over gRPC, and a coordinator shards the data and
@@ -74,6 +75,28 @@ pub struct TrainingArgs {
     /// Minibatches handed to a worker per work request.
     #[arg(long, default_value_t = defaults::BATCHES_PER_WORK)]
     pub batches_per_work: u32,
+    /// How pushes from different workers are ordered: `async` applies each
+    /// as it arrives; `bounded:S` holds a worker while it is more than S
+    /// pushes ahead of the slowest; `sync` averages one push per worker into
+    /// each update.
+    #[arg(long, default_value = defaults::CONSISTENCY, value_parser = parse_consistency)]
+    pub consistency: Consistency,
+    /// Scale each pushed gradient by 1 / (staleness + 1).
+    #[arg(long)]
+    pub staleness_scaling: bool,
+    /// λ of delay-compensated updates, g + λ·g⊙g⊙(θ_now − θ_then); 0 turns
+    /// them off.
+    #[arg(long, default_value_t = 0.0)]
+    pub dc_lambda: f32,
+    /// Minibatches whose gradients a worker averages into one push.
+    #[arg(long, default_value_t = defaults::PUSH_EVERY)]
+    pub push_every: u32,
+    /// Minibatches between two refreshes of a worker's θ.
+    #[arg(long, default_value_t = defaults::FETCH_EVERY)]
+    pub fetch_every: u32,
+    /// Push gradients as bfloat16, half the bytes of f32.
+    #[arg(long)]
+    pub push_bf16: bool,
     /// Output folder for the summary, event log and checkpoints
     /// [default: runs/<date>-<time>].
     #[arg(long)]
@@ -152,6 +175,10 @@ fn parse_model(text: &str) -> Result<ModelSpec, String> {
     text.parse().map_err(|error| format!("{error}"))
 }
 
+fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    text.parse().map_err(|error| format!("{error}"))
+}
+
 impl TrainingArgs {
     /// Builds the coordinator's settings.
     pub fn to_config(&self, run_dir: PathBuf, ps_addresses: Vec<String>) -> CoordinatorConfig {
@@ -171,6 +198,14 @@ impl TrainingArgs {
             run_dir,
             ps_addresses,
             batches_per_work: self.batches_per_work,
+            consistency: self.consistency,
+            compensation: Compensation {
+                scale_by_staleness: self.staleness_scaling,
+                dc_lambda: self.dc_lambda,
+            },
+            push_every: self.push_every,
+            fetch_every: self.fetch_every,
+            push_bf16: self.push_bf16,
         }
     }
 

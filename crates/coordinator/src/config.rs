@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use downpour_model::ModelSpec;
+use downpour_ps::{Compensation, Consistency};
 
 /// Default settings, defined once and shared with the command line.
 pub mod defaults {
@@ -23,6 +24,9 @@ pub mod defaults {
     pub const VALIDATION_SIZE: usize = 10_000;
     /// Minibatches handed to a worker per work request.
     pub const BATCHES_PER_WORK: u32 = 16;
+    pub const CONSISTENCY: &str = "async";
+    pub const PUSH_EVERY: u32 = 1;
+    pub const FETCH_EVERY: u32 = 1;
 }
 
 /// Everything the coordinator needs to run one training job.
@@ -51,6 +55,14 @@ pub struct CoordinatorConfig {
     /// them. θ is split into one contiguous range per server, in order.
     pub ps_addresses: Vec<String>,
     pub batches_per_work: u32,
+    pub consistency: Consistency,
+    pub compensation: Compensation,
+    /// Minibatches whose gradients a worker averages into one push.
+    pub push_every: u32,
+    /// Minibatches between two refreshes of a worker's θ.
+    pub fetch_every: u32,
+    /// Push gradients as bfloat16 instead of f32.
+    pub push_bf16: bool,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -78,6 +90,16 @@ pub enum ConfigError {
     ZeroBatchesPerWork(u32),
     #[error("--ps must name at least one parameter server")]
     NoParameterServers,
+    #[error("--push-every must be at least 1 minibatch, got {0}")]
+    ZeroPushEvery(u32),
+    #[error("--fetch-every must be at least 1 minibatch, got {0}")]
+    ZeroFetchEvery(u32),
+    #[error(
+        "--fetch-every {0} does not fit --consistency sync, where every worker computes at the θ of the last step; use --fetch-every 1"
+    )]
+    FetchEveryWithSync(u32),
+    #[error("--dc-lambda must be zero or positive, got {0}")]
+    InvalidDcLambda(f32),
 }
 
 impl CoordinatorConfig {
@@ -102,6 +124,11 @@ impl CoordinatorConfig {
             run_dir,
             ps_addresses,
             batches_per_work: defaults::BATCHES_PER_WORK,
+            consistency: Consistency::Async,
+            compensation: Compensation::default(),
+            push_every: defaults::PUSH_EVERY,
+            fetch_every: defaults::FETCH_EVERY,
+            push_bf16: false,
         }
     }
 
@@ -143,6 +170,19 @@ impl CoordinatorConfig {
         }
         if self.ps_addresses.is_empty() {
             return Err(ConfigError::NoParameterServers);
+        }
+        if self.push_every == 0 {
+            return Err(ConfigError::ZeroPushEvery(self.push_every));
+        }
+        if self.fetch_every == 0 {
+            return Err(ConfigError::ZeroFetchEvery(self.fetch_every));
+        }
+        if self.consistency == Consistency::Sync && self.fetch_every != 1 {
+            return Err(ConfigError::FetchEveryWithSync(self.fetch_every));
+        }
+        let lambda = self.compensation.dc_lambda;
+        if !(lambda.is_finite() && lambda >= 0.0) {
+            return Err(ConfigError::InvalidDcLambda(lambda));
         }
         Ok(())
     }
@@ -212,6 +252,26 @@ mod tests {
             },
             CoordinatorConfig {
                 ps_addresses: Vec::new(),
+                ..config()
+            },
+            CoordinatorConfig {
+                push_every: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                fetch_every: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                consistency: Consistency::Sync,
+                fetch_every: 2,
+                ..config()
+            },
+            CoordinatorConfig {
+                compensation: Compensation {
+                    scale_by_staleness: false,
+                    dc_lambda: -1.0,
+                },
                 ..config()
             },
         ];

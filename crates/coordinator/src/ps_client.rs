@@ -7,7 +7,7 @@ use std::time::Duration;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{
-    FinishRequest, InitRequest, OptimizerConfig, PullReply, PullRequest, PushTotals,
+    FinishRequest, InitRequest, PullReply, PullRequest, PushTotals, StopTrainingRequest,
 };
 use downpour_proto::{decode_f32s_into, encode_f32s};
 use tokio::task::JoinSet;
@@ -84,21 +84,33 @@ impl ParameterServers {
         })
     }
 
-    /// Sends each server its range of θ₀ and the optimizer settings.
+    /// Sends each server its range of θ₀ and the settings in `settings`,
+    /// whose `params` field is ignored.
     pub(crate) async fn init(
         &mut self,
-        run_id: &str,
+        settings: &InitRequest,
         params: &[f32],
-        optimizer: OptimizerConfig,
     ) -> Result<(), CoordinatorError> {
         for server in &mut self.servers {
             server
                 .client
                 .init(InitRequest {
-                    run_id: run_id.to_owned(),
                     params: encode_f32s(&params[server.range.clone()]),
-                    optimizer: Some(optimizer),
+                    ..settings.clone()
                 })
+                .await
+                .map_err(rpc_error(&server.address))?;
+        }
+        Ok(())
+    }
+
+    /// Freezes θ on every server: no push is applied from now on, and
+    /// pushes waiting for other workers are answered.
+    pub(crate) async fn stop_training(&mut self) -> Result<(), CoordinatorError> {
+        for server in &mut self.servers {
+            server
+                .client
+                .stop_training(StopTrainingRequest {})
                 .await
                 .map_err(rpc_error(&server.address))?;
         }
@@ -117,7 +129,12 @@ impl ParameterServers {
         for (index, server) in self.servers.iter().enumerate() {
             let mut client = server.client.clone();
             pulls.spawn(async move {
-                let reply = client.pull(PullRequest { min_version }).await;
+                let reply = client
+                    .pull(PullRequest {
+                        min_version,
+                        worker_id: None,
+                    })
+                    .await;
                 (index, reply.map(tonic::Response::into_inner))
             });
         }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use downpour_model::{Evaluation, Mlp, Workspace};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::coordinator_server::CoordinatorServer;
-use downpour_proto::v1::{OptimizerConfig, PsShard, PushTotals};
+use downpour_proto::v1::{
+    Compensation, ConsistencyMode, GradientEncoding, InitRequest, OptimizerConfig, PsShard,
+    PushTotals,
+};
+use downpour_ps::Consistency;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -120,6 +124,41 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
         expected_workers: prepared.config.workers,
         shard_files: prepared.shard_files.clone(),
         shard_lengths: prepared.shard_rows.iter().map(|rows| rows.len()).collect(),
+        push_every: prepared.config.push_every,
+        fetch_every: prepared.config.fetch_every,
+        push_encoding: if prepared.config.push_bf16 {
+            GradientEncoding::Bf16
+        } else {
+            GradientEncoding::F32
+        },
+    }
+}
+
+/// The settings every parameter server gets with θ₀.
+fn init_settings(prepared: &PreparedRun, run_id: &str) -> InitRequest {
+    let config = &prepared.config;
+    let (consistency, staleness_bound) = match config.consistency {
+        Consistency::Async => (ConsistencyMode::Async, 0),
+        Consistency::Bounded { bound } => (ConsistencyMode::Bounded, bound),
+        Consistency::Sync => (ConsistencyMode::Sync, 0),
+    };
+    InitRequest {
+        run_id: run_id.to_owned(),
+        params: Default::default(),
+        optimizer: Some(OptimizerConfig {
+            learning_rate: config.learning_rate,
+            momentum: config.momentum,
+            weight_decay: config.weight_decay,
+        }),
+        consistency: consistency.into(),
+        staleness_bound,
+        // Worker i trains on shard i.
+        worker_batches: prepared.batches_per_shard(),
+        push_every: config.push_every,
+        compensation: Some(Compensation {
+            scale_by_staleness: config.compensation.scale_by_staleness,
+            dc_lambda: config.compensation.dc_lambda,
+        }),
     }
 }
 
@@ -175,6 +214,7 @@ async fn drive(
     shared: &Arc<Shared>,
     run_dir: &mut RunDir,
 ) -> Result<RunSummary, CoordinatorError> {
+    let settings = init_settings(&prepared, &shared.info.run_id);
     let PreparedRun {
         config,
         description,
@@ -187,16 +227,10 @@ async fn drive(
         ..
     } = prepared;
     let mut servers = ParameterServers::connect(&config.ps_addresses, &ps_ranges).await?;
-    let optimizer = OptimizerConfig {
-        learning_rate: config.learning_rate,
-        momentum: config.momentum,
-        weight_decay: config.weight_decay,
-    };
-    servers
-        .init(&shared.info.run_id, &initial_params, optimizer)
-        .await?;
+    servers.init(&settings, &initial_params).await?;
     info!(
         servers = config.ps_addresses.len(),
+        consistency = %config.consistency,
         "parameters initialised; waiting for workers"
     );
 
@@ -297,7 +331,10 @@ async fn drive(
         }
         next_eval = (snapshot.version / config.eval_every + 1) * config.eval_every;
     };
+    // The schedule stops first, so that a worker whose push is answered
+    // with "training stopped" finds the stop when it asks for work.
     shared.lock().schedule.stop(stop_reason);
+    servers.stop_training().await?;
     let wall_seconds = started.elapsed().as_secs_f64();
     let at_stop = servers.pull(0).await?;
     let totals_at_stop = &at_stop.totals;
@@ -313,10 +350,9 @@ async fn drive(
     };
 
     wait_for_workers_to_stop(shared, config.workers).await;
-    let final_snapshot = servers.pull(0).await?;
     servers.finish().await;
-    run_dir.save_checkpoint(LAST_CHECKPOINT, &description, &final_snapshot.params)?;
-    let totals = final_snapshot.totals;
+    run_dir.save_checkpoint(LAST_CHECKPOINT, &description, &at_stop.params)?;
+    let totals = &at_stop.totals;
 
     let mut per_worker = shared.lock().workers.clone();
     for worker in &mut per_worker {
@@ -340,8 +376,8 @@ async fn drive(
         best_epoch: best.epoch,
         epochs: examples as f64 / train_examples as f64,
         updates: at_stop.version,
+        pushes: totals.pushes,
         examples,
-        updates_after_stop: final_snapshot.version - at_stop.version,
         stop_reason: stop_reason.to_owned(),
         evaluations,
         wall_seconds,
@@ -349,9 +385,20 @@ async fn drive(
         workers: per_worker.len(),
         per_worker,
         staleness: StalenessSummary {
-            mean: totals_at_stop.staleness_sum as f64 / totals_at_stop.pushes.max(1) as f64,
-            max: totals_at_stop.max_staleness,
+            mean: totals.staleness_sum as f64 / totals.pushes.max(1) as f64,
+            max: totals.max_staleness,
+            histogram: totals
+                .staleness_counts
+                .iter()
+                .map(|(&staleness, &pushes)| (staleness, pushes))
+                .collect(),
         },
+        consistency: config.consistency.to_string(),
+        staleness_scaling: config.compensation.scale_by_staleness,
+        dc_lambda: config.compensation.dc_lambda,
+        push_every: config.push_every,
+        fetch_every: config.fetch_every,
+        push_encoding: if config.push_bf16 { "bf16" } else { "f32" }.to_owned(),
         train_examples,
         validation_examples: validation.len(),
         batch_size: config.batch_size,

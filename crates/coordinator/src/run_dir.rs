@@ -4,6 +4,7 @@
 //! so a directory with a summary contains a finished run, and one without
 //! it contains a run that stopped early or is still going.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -40,11 +41,14 @@ pub struct EvalEvent {
     pub mean_staleness: Option<f64>,
 }
 
-/// Push staleness over the whole run.
+/// Push staleness over the whole run: for each push, the number of updates
+/// applied between the θ its gradient came from and the push.
 #[derive(Debug, Clone, Serialize)]
 pub struct StalenessSummary {
     pub mean: f64,
     pub max: u64,
+    /// Number of pushes per staleness value.
+    pub histogram: BTreeMap<u64, u64>,
 }
 
 /// The contents of `summary.json`.
@@ -66,13 +70,14 @@ pub struct RunSummary {
     /// Training examples processed up to the stop decision, divided by
     /// training examples per epoch.
     pub epochs: f64,
-    /// Updates the parameter server applied up to the stop decision.
+    /// Updates of θ up to the stop decision; training stops on every
+    /// parameter server before θ is read, so no update follows.
     pub updates: u64,
+    /// Pushes behind those updates: equal to `updates` except in sync
+    /// mode, where one update averages the pushes of a step.
+    pub pushes: u64,
     /// Training examples behind those updates.
     pub examples: u64,
-    /// Updates applied after the stop decision, from minibatches that were
-    /// already under way; they do not affect the best θ.
-    pub updates_after_stop: u64,
     /// `early_stopping` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,
@@ -81,9 +86,19 @@ pub struct RunSummary {
     /// Training examples divided by `wall_seconds`.
     pub examples_per_second: f64,
     pub workers: usize,
-    /// Per-worker counts; `pushes` includes updates after the stop.
+    /// Per-worker counts of minibatches, examples and applied pushes.
     pub per_worker: Vec<WorkerRecord>,
     pub staleness: StalenessSummary,
+    /// `async`, `bounded:S` or `sync`.
+    pub consistency: String,
+    /// Whether each gradient was scaled by 1 / (staleness + 1).
+    pub staleness_scaling: bool,
+    /// λ of delay-compensated updates; 0 when off.
+    pub dc_lambda: f32,
+    pub push_every: u32,
+    pub fetch_every: u32,
+    /// `f32` or `bf16`.
+    pub push_encoding: String,
     pub train_examples: usize,
     pub validation_examples: usize,
     pub batch_size: usize,

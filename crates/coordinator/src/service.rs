@@ -8,8 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use downpour_proto::v1::coordinator_server::Coordinator;
 use downpour_proto::v1::{
-    CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, NextWorkReply, NextWorkRequest,
-    RegisterReply, RegisterRequest, ShardChunk, StopReason, next_work_reply,
+    CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkReply,
+    NextWorkRequest, RegisterReply, RegisterRequest, ShardChunk, StopReason, next_work_reply,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -55,6 +55,9 @@ pub(crate) struct RunInfo {
     pub(crate) expected_workers: usize,
     pub(crate) shard_files: Vec<Bytes>,
     pub(crate) shard_lengths: Vec<usize>,
+    pub(crate) push_every: u32,
+    pub(crate) fetch_every: u32,
+    pub(crate) push_encoding: GradientEncoding,
 }
 
 #[derive(Debug)]
@@ -221,6 +224,9 @@ impl Coordinator for CoordinatorService {
             batch_size: info.batch_size as u32,
             ps_shards: info.ps_shards.clone(),
             shards: info.shard_files.len() as u32,
+            push_every: info.push_every,
+            fetch_every: info.fetch_every,
+            push_encoding: info.push_encoding.into(),
         }))
     }
 

@@ -72,8 +72,14 @@ impl Compensation {
 pub enum ClockError {
     #[error("worker {worker} is not part of this run, which has {workers} workers")]
     UnknownWorker { worker: u32, workers: usize },
-    #[error("minibatch {batch} is past the end of worker {worker}'s shard of {batches} minibatches")]
-    BatchOutOfShard { worker: u32, batch: u32, batches: u32 },
+    #[error(
+        "minibatch {batch} is past the end of worker {worker}'s shard of {batches} minibatches"
+    )]
+    BatchOutOfShard {
+        worker: u32,
+        batch: u32,
+        batches: u32,
+    },
     #[error(
         "minibatch {batch} does not end a push: worker {worker} pushes every {push_every} minibatches and after its last"
     )]
@@ -126,13 +132,14 @@ impl StepClock {
     ///
     /// Names the part of the position that does not fit.
     pub fn check(&self, worker: u32, batch: u32) -> Result<(), ClockError> {
-        let batches = *self
-            .worker_batches
-            .get(worker as usize)
-            .ok_or(ClockError::UnknownWorker {
-                worker,
-                workers: self.workers(),
-            })?;
+        let batches =
+            *self
+                .worker_batches
+                .get(worker as usize)
+                .ok_or(ClockError::UnknownWorker {
+                    worker,
+                    workers: self.workers(),
+                })?;
         if batch >= batches {
             return Err(ClockError::BatchOutOfShard {
                 worker,
@@ -140,7 +147,7 @@ impl StepClock {
                 batches,
             });
         }
-        if (batch + 1) % self.push_every != 0 && batch + 1 != batches {
+        if !(batch + 1).is_multiple_of(self.push_every) && batch + 1 != batches {
             return Err(ClockError::NotAPushPoint {
                 worker,
                 batch,

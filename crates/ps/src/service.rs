@@ -171,10 +171,9 @@ fn new_store(request: &InitRequest) -> Result<ParamStore, Status> {
         None
     } else {
         Some(
-            StepClock::new(request.worker_batches.clone(), request.push_every.max(1))
-                .ok_or_else(|| {
-                    Status::invalid_argument("worker_batches: every worker needs a minibatch")
-                })?,
+            StepClock::new(request.worker_batches.clone(), request.push_every.max(1)).ok_or_else(
+                || Status::invalid_argument("worker_batches: every worker needs a minibatch"),
+            )?,
         )
     };
     let compensation = request
@@ -314,11 +313,11 @@ impl ParameterServer for ParameterServerService {
                 };
                 (staleness, waited)
             }
-            Accepted::Held { step } => {
+            Accepted::Held { ready_at, .. } => {
                 let waited = self
-                    .wait_for(|state| state.version > step || state.stopped)
+                    .wait_for(|state| state.version >= ready_at || state.stopped)
                     .await?;
-                if waited.version <= step {
+                if waited.version < ready_at {
                     return Ok(Response::new(self.stopped_reply(&request)?));
                 }
                 (0, Some(waited))

@@ -102,9 +102,11 @@ pub enum Accepted {
         /// Steps the pusher has done, or 0 without a step clock.
         done: u64,
     },
-    /// Held for the other pushes of `step` (sync mode); the answer waits
-    /// until the version passes `step`.
-    Held { step: u64 },
+    /// Held for the other pushes of `step` (sync mode). The answer waits
+    /// until the version reaches `ready_at`, the pusher's next step, so
+    /// that it carries every update before that step, including steps that
+    /// only longer shards take part in.
+    Held { step: u64, ready_at: u64 },
     /// Training has stopped; the push was dropped.
     Stopped,
 }
@@ -330,7 +332,8 @@ impl ParamStore {
         } else {
             push.gradient
         };
-        self.sgd.apply(&mut self.params, &mut self.velocity, gradient);
+        self.sgd
+            .apply(&mut self.params, &mut self.velocity, gradient);
         self.version += 1;
         self.totals
             .count(push.worker_id, push.examples, push.loss, staleness);
@@ -407,12 +410,13 @@ impl ParamStore {
             staleness,
         });
 
-        let complete = (0..clock.workers())
-            .all(|w| round.held[w].is_some() || !clock.pushes_at(w, step));
+        let ready_at = clock.done_after(push.worker_id, push.epoch, push.batch);
+        let complete =
+            (0..clock.workers()).all(|w| round.held[w].is_some() || !clock.pushes_at(w, step));
         if complete {
             self.apply_round()?;
         }
-        Ok(Accepted::Held { step })
+        Ok(Accepted::Held { step, ready_at })
     }
 
     /// Applies the average of the held gradients, weighted by their
@@ -628,7 +632,13 @@ mod tests {
         let mut store = sync_store(vec![2, 2]);
 
         let first = store.apply_push(at(1, 0, &[4.0, 0.0], 32)).unwrap();
-        assert_eq!(first, Accepted::Held { step: 0 });
+        assert_eq!(
+            first,
+            Accepted::Held {
+                step: 0,
+                ready_at: 1
+            }
+        );
         assert_eq!(store.version(), 0);
         assert_eq!(store.params(), &[1.0, 2.0]);
 
@@ -661,10 +671,18 @@ mod tests {
 
     #[test]
     fn sync_skips_workers_whose_shard_is_done() {
-        // Worker 1 has one minibatch less, so step 1 holds worker 0 alone.
+        // Worker 1 has one minibatch less, so step 1 holds worker 0 alone,
+        // and worker 1's answer waits for it: its next step is step 2.
         let mut store = sync_store(vec![2, 1]);
         store.apply_push(at(0, 0, &[0.0, 0.0], 64)).unwrap();
-        store.apply_push(at(1, 0, &[0.0, 0.0], 64)).unwrap();
+        let last = store.apply_push(at(1, 0, &[0.0, 0.0], 64)).unwrap();
+        assert_eq!(
+            last,
+            Accepted::Held {
+                step: 0,
+                ready_at: 2
+            }
+        );
 
         store.apply_push(at(0, 1, &[1.0, 1.0], 64)).unwrap();
 
@@ -723,18 +741,20 @@ mod tests {
         assert!(matches!(outcome, Accepted::Applied { done: 1, .. }));
         assert_eq!(store.min_done(), 0);
 
-        store.apply_push(Push {
-            version: 1,
-            ..at(1, 0, &[0.0, 0.0], 64)
-        })
-        .unwrap();
+        store
+            .apply_push(Push {
+                version: 1,
+                ..at(1, 0, &[0.0, 0.0], 64)
+            })
+            .unwrap();
         assert_eq!(store.min_done(), 1);
         // Worker 1's second push ends its shard and so the epoch.
-        store.apply_push(Push {
-            version: 2,
-            ..at(1, 1, &[0.0, 0.0], 64)
-        })
-        .unwrap();
+        store
+            .apply_push(Push {
+                version: 2,
+                ..at(1, 1, &[0.0, 0.0], 64)
+            })
+            .unwrap();
         assert_eq!(store.min_done(), 1);
     }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use downpour_proto::decode_f32s_into;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
-use downpour_proto::v1::{PsShard, PullRequest, PushRequest};
+use downpour_proto::v1::{GradientEncoding, PsShard, PullRequest, PushRequest};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
@@ -25,15 +25,30 @@ struct Server {
     version: u64,
 }
 
-/// One minibatch gradient, ready to push.
+/// A gradient ready to push.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gradient<'a> {
     pub(crate) worker_id: u32,
     pub(crate) sequence: u64,
-    /// The whole gradient as little-endian f32; each server gets its range.
+    /// The whole gradient, encoded as `encoding` says; each server gets its
+    /// range.
     pub(crate) bytes: &'a Bytes,
+    pub(crate) encoding: GradientEncoding,
     pub(crate) examples: u32,
     pub(crate) loss: f32,
+    /// Epoch and shard index of the last minibatch behind the gradient.
+    pub(crate) epoch: u32,
+    pub(crate) batch: u32,
+    /// Whether the servers should send θ back.
+    pub(crate) fetch: bool,
+}
+
+/// What the servers said to a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushOutcome {
+    Applied,
+    /// Training stopped on at least one server.
+    TrainingStopped,
 }
 
 /// Clients of every parameter server of the run, in θ order.
@@ -99,12 +114,20 @@ impl ParameterServers {
     }
 
     /// Pulls every server's range into `params`.
-    pub(crate) async fn pull(&mut self, params: &mut [f32]) -> Result<(), WorkerError> {
+    pub(crate) async fn pull(
+        &mut self,
+        worker_id: u32,
+        params: &mut [f32],
+    ) -> Result<(), WorkerError> {
         let mut pulls = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let mut client = server.client.clone();
             pulls.spawn(async move {
-                let reply = client.pull(PullRequest { min_version: 0 }).await;
+                let request = PullRequest {
+                    min_version: 0,
+                    worker_id: Some(worker_id),
+                };
+                let reply = client.pull(request).await;
                 (index, reply.map(tonic::Response::into_inner))
             });
         }
@@ -119,12 +142,14 @@ impl ParameterServers {
     }
 
     /// Pushes each server its range of the gradient, tagged with the version
-    /// that range was computed at, and writes the returned θ into `params`.
+    /// that range was computed at, and writes the returned θ into `params`
+    /// when the gradient asks for it.
     pub(crate) async fn push(
         &mut self,
         gradient: Gradient<'_>,
         params: &mut [f32],
-    ) -> Result<(), WorkerError> {
+    ) -> Result<PushOutcome, WorkerError> {
+        let mut outcome = PushOutcome::Applied;
         if let [server] = self.servers.as_mut_slice() {
             let request = push_request(&gradient, server);
             let reply = server
@@ -133,9 +158,14 @@ impl ParameterServers {
                 .await
                 .map_err(WorkerError::rpc("Push"))?
                 .into_inner();
-            decode_f32s_into(&reply.params, params)?;
-            server.version = reply.version;
-            return Ok(());
+            if reply.training_stopped {
+                outcome = PushOutcome::TrainingStopped;
+            }
+            if gradient.fetch {
+                decode_f32s_into(&reply.params, params)?;
+                server.version = reply.version;
+            }
+            return Ok(outcome);
         }
 
         let mut pushes = JoinSet::new();
@@ -150,18 +180,27 @@ impl ParameterServers {
         while let Some(joined) = pushes.join_next().await {
             let (index, reply) = joined.map_err(task_failed)?;
             let reply = reply.map_err(WorkerError::rpc("Push"))?;
-            let server = &mut self.servers[index];
-            decode_f32s_into(&reply.params, &mut params[server.range.clone()])?;
-            server.version = reply.version;
+            if reply.training_stopped {
+                outcome = PushOutcome::TrainingStopped;
+            }
+            if gradient.fetch {
+                let server = &mut self.servers[index];
+                decode_f32s_into(&reply.params, &mut params[server.range.clone()])?;
+                server.version = reply.version;
+            }
         }
-        Ok(())
+        Ok(outcome)
     }
 }
 
 fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
+    let width = match gradient.encoding {
+        GradientEncoding::F32 => 4,
+        GradientEncoding::Bf16 => 2,
+    };
     let bytes = gradient
         .bytes
-        .slice(server.range.start * 4..server.range.end * 4);
+        .slice(server.range.start * width..server.range.end * width);
     PushRequest {
         worker_id: gradient.worker_id,
         sequence: gradient.sequence,
@@ -169,7 +208,10 @@ fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
         gradient: bytes,
         examples: gradient.examples,
         loss: gradient.loss,
-        return_params: true,
+        return_params: gradient.fetch,
+        epoch: gradient.epoch,
+        batch: gradient.batch,
+        encoding: gradient.encoding.into(),
     }
 }
 

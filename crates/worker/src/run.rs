@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
-use downpour_proto::encode_f32s;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
-    CompleteWorkRequest, FetchShardRequest, NextWorkRequest, RegisterRequest, WorkRange,
-    next_work_reply,
+    CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkRequest, RegisterRequest,
+    WorkRange, next_work_reply,
 };
+use downpour_proto::{encode_bf16s, encode_f32s};
 use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::error::WorkerError;
-use crate::ps_shards::{Gradient, ParameterServers};
+use crate::ps_shards::{Gradient, ParameterServers, PushOutcome};
 use crate::trainer::Trainer;
 
 /// Settings of one worker.
@@ -41,7 +41,7 @@ pub struct WorkerReport {
     pub worker_id: u32,
     pub minibatches: u64,
     pub examples: u64,
-    /// Pushes the parameter server applied.
+    /// Pushes the parameter servers accepted before training stopped.
     pub pushes: u64,
     pub stop_reason: String,
 }
@@ -81,6 +81,16 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     let worker_id = registration.worker_id;
     let description = ModelDescription::from_json(&registration.model_json)?;
     let batch_size = registration.batch_size.max(1) as usize;
+    let encoding = GradientEncoding::try_from(registration.push_encoding).map_err(|_| {
+        WorkerError::Rpc {
+            call: "Register",
+            code: tonic::Code::Internal,
+            message: format!(
+                "the coordinator asks for gradient encoding {}, which this worker does not know; run the same Downpour version everywhere",
+                registration.push_encoding
+            ),
+        }
+    })?;
     let mut ps = ParameterServers::connect(
         &registration.ps_shards,
         config.ps.as_deref(),
@@ -93,15 +103,29 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         run_id = %registration.run_id,
         model = %description.spec,
         ps = %ps.addresses().join(","),
+        push_every = registration.push_every,
+        fetch_every = registration.fetch_every,
+        encoding = encoding.as_str_name(),
         "registered with the coordinator"
     );
 
+    let trainer = Trainer::new(Mlp::new(&description)?, batch_size);
+    let push_every = registration.push_every.max(1);
     let mut session = Session {
         worker_id,
         batch_size,
-        trainer: Some(Trainer::new(Mlp::new(&description)?, batch_size)),
+        push_every,
+        fetch_every: registration.fetch_every.max(1),
+        encoding,
+        accumulated: Accumulated::new(if push_every > 1 {
+            trainer.gradient.len()
+        } else {
+            0
+        }),
+        trainer: Some(trainer),
         sequence: 0,
         needs_pull: true,
+        since_fetch: 0,
         shards: HashMap::new(),
         report: WorkerReport {
             worker_id,
@@ -119,9 +143,14 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             .into_inner();
         match reply.action {
             Some(next_work_reply::Action::Work(range)) => {
-                session
+                let outcome = session
                     .train_range(&mut coordinator, &mut ps, range)
                     .await?;
+                if outcome == PushOutcome::TrainingStopped {
+                    // The coordinator stopped the schedule before the
+                    // servers, so the next request for work returns the stop.
+                    continue;
+                }
                 let done = coordinator
                     .complete_work(CompleteWorkRequest {
                         worker_id,
@@ -162,16 +191,66 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     Ok(session.report)
 }
 
+/// Gradients of the minibatches since the last push, weighted by their
+/// examples.
+#[derive(Debug)]
+struct Accumulated {
+    sum: Vec<f32>,
+    examples: u32,
+    loss_sum: f64,
+}
+
+impl Accumulated {
+    fn new(parameters: usize) -> Self {
+        Self {
+            sum: vec![0.0; parameters],
+            examples: 0,
+            loss_sum: 0.0,
+        }
+    }
+
+    fn add(&mut self, gradient: &[f32], examples: usize, loss: f32) {
+        let weight = examples as f32;
+        for (sum, &g) in self.sum.iter_mut().zip(gradient) {
+            *sum += weight * g;
+        }
+        self.examples += examples as u32;
+        self.loss_sum += f64::from(loss) * examples as f64;
+    }
+
+    /// Turns the sum into the mean gradient and returns the examples and
+    /// mean loss behind it.
+    fn finish(&mut self) -> (u32, f32) {
+        let examples = self.examples.max(1);
+        let scale = 1.0 / examples as f32;
+        self.sum.iter_mut().for_each(|g| *g *= scale);
+        (self.examples, (self.loss_sum / f64::from(examples)) as f32)
+    }
+
+    fn clear(&mut self) {
+        self.sum.fill(0.0);
+        self.examples = 0;
+        self.loss_sum = 0.0;
+    }
+}
+
 /// A registered worker's state between steps.
 #[derive(Debug)]
 struct Session {
     worker_id: u32,
     batch_size: usize,
+    push_every: u32,
+    fetch_every: u32,
+    encoding: GradientEncoding,
+    /// Gradients waiting for the next push, when `push_every` is above 1.
+    accumulated: Accumulated,
     /// `None` only while a step runs on the blocking pool.
     trainer: Option<Trainer>,
     sequence: u64,
     /// Whether θ must be pulled before the next step.
     needs_pull: bool,
+    /// Minibatches computed since θ was last refreshed.
+    since_fetch: u32,
     shards: HashMap<u32, Arc<Dataset>>,
     report: WorkerReport,
 }
@@ -184,7 +263,10 @@ impl Session {
     }
 
     async fn pull(&mut self, ps: &mut ParameterServers) -> Result<(), WorkerError> {
-        ps.pull(&mut self.trainer().params).await
+        let worker_id = self.worker_id;
+        ps.pull(worker_id, &mut self.trainer().params).await?;
+        self.since_fetch = 0;
+        Ok(())
     }
 
     async fn shard(
@@ -219,9 +301,9 @@ impl Session {
         coordinator: &mut Coordinator,
         ps: &mut ParameterServers,
         range: WorkRange,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<PushOutcome, WorkerError> {
         let shard = self.shard(coordinator, range.shard).await?;
-        // Each push returns the new θ, so a pull is needed only for the first
+        // Pushes return the new θ, so a pull is needed only for the first
         // range and after waiting, while other workers may have pushed.
         if self.needs_pull {
             self.pull(ps).await?;
@@ -263,21 +345,38 @@ impl Session {
             self.trainer = Some(trainer);
             let push_started = Instant::now();
             compute += push_started - step_started;
-
-            self.sequence += 1;
-            let bytes = encode_f32s(&self.trainer().gradient);
-            let gradient = Gradient {
-                worker_id: self.worker_id,
-                sequence: self.sequence,
-                bytes: &bytes,
-                examples: examples as u32,
-                loss,
-            };
-            ps.push(gradient, &mut self.trainer().params).await?;
-            transport += push_started.elapsed();
-            self.report.pushes += 1;
             self.report.minibatches += 1;
             self.report.examples += examples as u64;
+            self.since_fetch += 1;
+
+            let ends_shard = batch as usize + 1 == batches;
+            let push_now = (batch + 1).is_multiple_of(self.push_every) || ends_shard;
+            let fetch_now = self.since_fetch >= self.fetch_every;
+            if push_now {
+                let outcome = self
+                    .push(ps, range.epoch, batch, examples, loss, fetch_now)
+                    .await?;
+                if fetch_now {
+                    self.since_fetch = 0;
+                }
+                if outcome == PushOutcome::TrainingStopped {
+                    return Ok(outcome);
+                }
+            } else {
+                if self.push_every > 1 {
+                    let Self {
+                        accumulated,
+                        trainer,
+                        ..
+                    } = self;
+                    let gradient = &trainer.as_ref().expect("trainer is idle").gradient;
+                    accumulated.add(gradient, examples, loss);
+                }
+                if fetch_now {
+                    self.pull(ps).await?;
+                }
+            }
+            transport += push_started.elapsed();
         }
         debug!(
             worker_id = self.worker_id,
@@ -286,7 +385,58 @@ impl Session {
             push_ms = transport.as_secs_f64() * 1e3,
             "work range done"
         );
-        Ok(())
+        Ok(PushOutcome::Applied)
+    }
+
+    /// Pushes the last minibatch's gradient, or the mean over the
+    /// minibatches since the last push, and refreshes θ when `fetch` is set.
+    async fn push(
+        &mut self,
+        ps: &mut ParameterServers,
+        epoch: u32,
+        batch: u32,
+        examples: usize,
+        loss: f32,
+        fetch: bool,
+    ) -> Result<PushOutcome, WorkerError> {
+        let Self {
+            accumulated,
+            trainer,
+            encoding,
+            ..
+        } = self;
+        let trainer = trainer.as_mut().expect("the trainer is idle between steps");
+        let (gradient, examples, loss) = if self.push_every > 1 {
+            accumulated.add(&trainer.gradient, examples, loss);
+            let (examples, loss) = accumulated.finish();
+            (&accumulated.sum, examples, loss)
+        } else {
+            (&trainer.gradient, examples as u32, loss)
+        };
+        let bytes = match encoding {
+            GradientEncoding::F32 => encode_f32s(gradient),
+            GradientEncoding::Bf16 => encode_bf16s(gradient),
+        };
+        self.sequence += 1;
+        let gradient = Gradient {
+            worker_id: self.worker_id,
+            sequence: self.sequence,
+            bytes: &bytes,
+            encoding: *encoding,
+            examples,
+            loss,
+            epoch,
+            batch,
+            fetch,
+        };
+        let outcome = ps.push(gradient, &mut trainer.params).await?;
+        if self.push_every > 1 {
+            accumulated.clear();
+        }
+        if outcome == PushOutcome::Applied {
+            self.report.pushes += 1;
+        }
+        Ok(outcome)
     }
 }
 
