@@ -66,6 +66,10 @@ pub struct TrainingArgs {
     /// Validation passes without improvement before training stops.
     #[arg(long, default_value_t = defaults::PATIENCE)]
     pub patience: u32,
+    /// Stop as soon as the validation accuracy reaches this fraction, such
+    /// as 0.975 [default: train until early stopping or --max-epochs].
+    #[arg(long)]
+    pub target_accuracy: Option<f64>,
     /// Upper bound on training epochs.
     #[arg(long, default_value_t = defaults::MAX_EPOCHS)]
     pub max_epochs: u32,
@@ -193,6 +197,7 @@ impl TrainingArgs {
             seed: self.seed,
             eval_every: self.eval_every,
             patience: self.patience,
+            target_accuracy: self.target_accuracy,
             max_epochs: self.max_epochs,
             validation_size: self.validation_size,
             run_dir,

@@ -47,6 +47,8 @@ pub struct CoordinatorConfig {
     pub eval_every: u64,
     /// Validation passes without improvement before training stops.
     pub patience: u32,
+    /// Stop as soon as the validation accuracy reaches this fraction.
+    pub target_accuracy: Option<f64>,
     pub max_epochs: u32,
     /// Examples held out from the end of the training file for validation.
     pub validation_size: usize,
@@ -98,6 +100,8 @@ pub enum ConfigError {
         "--fetch-every {0} does not fit --consistency sync, where every worker computes at the θ of the last step; use --fetch-every 1"
     )]
     FetchEveryWithSync(u32),
+    #[error("--target-accuracy must be in (0, 1], got {0}")]
+    InvalidTargetAccuracy(f64),
     #[error("--dc-lambda must be zero or positive, got {0}")]
     InvalidDcLambda(f32),
 }
@@ -119,6 +123,7 @@ impl CoordinatorConfig {
             seed: defaults::SEED,
             eval_every: defaults::EVAL_EVERY,
             patience: defaults::PATIENCE,
+            target_accuracy: None,
             max_epochs: defaults::MAX_EPOCHS,
             validation_size: defaults::VALIDATION_SIZE,
             run_dir,
@@ -179,6 +184,11 @@ impl CoordinatorConfig {
         }
         if self.consistency == Consistency::Sync && self.fetch_every != 1 {
             return Err(ConfigError::FetchEveryWithSync(self.fetch_every));
+        }
+        if let Some(target) = self.target_accuracy
+            && !(target > 0.0 && target <= 1.0)
+        {
+            return Err(ConfigError::InvalidTargetAccuracy(target));
         }
         let lambda = self.compensation.dc_lambda;
         if !(lambda.is_finite() && lambda >= 0.0) {
@@ -256,6 +266,10 @@ mod tests {
             },
             CoordinatorConfig {
                 push_every: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                target_accuracy: Some(1.5),
                 ..config()
             },
             CoordinatorConfig {

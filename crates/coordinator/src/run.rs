@@ -313,6 +313,16 @@ async fn drive(
                 seconds,
             };
 
+            if let Some(target) = config.target_accuracy
+                && pass.accuracy() >= target
+            {
+                info!(
+                    target_accuracy = target,
+                    validation_accuracy = pass.accuracy(),
+                    "validation accuracy reached the target; stopping"
+                );
+                break "target_accuracy";
+            }
             if verdict == Verdict::Stop {
                 info!(
                     patience = config.patience,
@@ -408,6 +418,7 @@ async fn drive(
         seed: config.seed,
         eval_every: config.eval_every,
         patience: config.patience,
+        target_accuracy: config.target_accuracy,
         max_epochs: config.max_epochs,
         checkpoint: format!("{BEST_CHECKPOINT}.safetensors"),
     };

@@ -78,7 +78,7 @@ pub struct RunSummary {
     pub pushes: u64,
     /// Training examples behind those updates.
     pub examples: u64,
-    /// `early_stopping` or `max_epochs`.
+    /// `early_stopping`, `target_accuracy` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,
     /// Seconds from the start of training to the stop decision.
@@ -108,6 +108,7 @@ pub struct RunSummary {
     pub seed: u64,
     pub eval_every: u64,
     pub patience: u32,
+    pub target_accuracy: Option<f64>,
     pub max_epochs: u32,
     /// File name of the best-θ checkpoint inside the run directory.
     pub checkpoint: String,
