@@ -7,8 +7,8 @@
 #
 # Environment:
 #   RUNS        runs per system (default 3, or 1 with QUICK=1)
-#   SYSTEMS     space-separated subset of: downpour torch1 torch2 hogwild
-#               rpc sklearn (default: all six)
+#   SYSTEMS     space-separated subset of: downpour downpour-pe2 torch1
+#               torch2 hogwild rpc sklearn (default: all seven)
 #   QUICK       1 for an end-to-end check: 5 epochs instead of 15, one run
 #   MAX_EPOCHS  training budget in epochs for every system (default 15)
 #   PEERS_DIR   folder of the peer scripts (default ../shared/peers next to
@@ -24,7 +24,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 peers_dir=${PEERS_DIR:-$repo/../shared/peers}
 venv=${BENCH_VENV:-$repo/bench/.venv}
 quick=${QUICK:-0}
-all_systems="downpour torch1 torch2 hogwild rpc sklearn"
+all_systems="downpour downpour-pe2 torch1 torch2 hogwild rpc sklearn"
 systems=${SYSTEMS:-$all_systems}
 run_timeout=${RUN_TIMEOUT:-1800}
 if [[ $quick == 1 ]]; then
@@ -45,7 +45,7 @@ needs_python=0
 needs_torch=0
 for system in $systems; do
   case $system in
-    downpour) ;;
+    downpour | downpour-pe2) ;;
     sklearn) needs_python=1 ;;
     torch1 | torch2 | hogwild | rpc) needs_python=1 needs_torch=1 ;;
     *) die "unknown system '$system' in SYSTEMS; expected some of: $all_systems" ;;
@@ -74,7 +74,7 @@ if [[ $needs_python == 1 ]]; then
   fi
 fi
 
-if [[ " $systems " == *" downpour "* ]]; then
+if [[ " $systems " == *" downpour"* ]]; then
   log "building Downpour (cargo build --release)"
   (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
 fi
@@ -99,7 +99,7 @@ fi
 } >"$out/meta.txt"
 
 # Runs one system once; the output goes to $out/<system>-<run>.log and, for
-# Downpour, the run directory $out/downpour-<run>.
+# Downpour, the run directory $out/<system>-<run>.
 run_system() {
   local system=$1 run=$2
   local logfile="$out/$system-$run.log"
@@ -108,6 +108,12 @@ run_system() {
     downpour)
       command=("$repo/target/release/downpour" train --data "$repo/data/mnist"
         --eval-every 195 --max-epochs "$max_epochs" --run-dir "$out/downpour-$run") ;;
+    downpour-pe2)
+      # Each push averages 2 minibatches: one update per 128 examples, so
+      # validation every 98 updates is again about a quarter epoch.
+      command=("$repo/target/release/downpour" train --data "$repo/data/mnist"
+        --push-every 2 --eval-every 98 --max-epochs "$max_epochs"
+        --run-dir "$out/downpour-pe2-$run") ;;
     torch1)
       command=("$venv/bin/python" "$peers_dir/torch_train.py" --model B --threads 1
         --max-epochs "$max_epochs") ;;

@@ -19,6 +19,7 @@ TRAIN_EXAMPLES = 50_000
 
 LABELS = {
     "downpour": "Downpour, async SGD, 2 workers",
+    "downpour-pe2": "Downpour, async SGD, 2 workers, --push-every 2",
     "torch1": "PyTorch, 1 thread",
     "torch2": "PyTorch, 2 threads",
     "hogwild": "PyTorch Hogwild, 2 processes",
@@ -57,9 +58,9 @@ def read_result_line(log_path):
     return result
 
 
-def read_downpour(out_dir, run):
+def read_downpour(out_dir, system, run):
     """Read one Downpour run directory into the common row format."""
-    run_dir = out_dir / f"downpour-{run}"
+    run_dir = out_dir / f"{system}-{run}"
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         return None
@@ -130,8 +131,8 @@ def collect(out_dir, systems, runs, max_epochs):
     for system in systems:
         rows[system] = []
         for run in range(1, runs + 1):
-            if system == "downpour":
-                rows[system].append(read_downpour(out_dir, run))
+            if system.startswith("downpour"):
+                rows[system].append(read_downpour(out_dir, system, run))
                 continue
             log_path = out_dir / f"{system}-{run}.log"
             result = read_result_line(log_path)
@@ -178,12 +179,18 @@ def format_ratio(numerator, denominator):
 
 
 def print_main_table(rows, systems, runs):
-    print("| system | runs | examples/s | s to 97.5% val. acc. | test acc. "
-          "| examples/s Downpour/peer | s to 97.5% Downpour/peer |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    downpour = rows.get("downpour")
-    downpour_rate = median_of(downpour, "examples_per_second") if downpour else None
-    downpour_seconds = median_of(downpour, "seconds_to_target") if downpour else None
+    """One row per system; for every Downpour variant run, two ratio columns."""
+    variants = [system for system in systems if system.startswith("downpour")]
+    header = "| system | runs | examples/s | s to 97.5% val. acc. | test acc. "
+    for variant in variants:
+        header += f"| examples/s {variant}/peer | s to 97.5% {variant}/peer "
+    print(header + "|")
+    print("| --- " * (5 + 2 * len(variants)) + "|")
+    reference = {
+        variant: (median_of(rows[variant], "examples_per_second"),
+                  median_of(rows[variant], "seconds_to_target"))
+        for variant in variants
+    }
     for system in systems:
         finished = [row for row in rows[system] if row is not None]
         rate = median_of(finished, "examples_per_second")
@@ -193,13 +200,15 @@ def print_main_table(rows, systems, runs):
         seconds_text = format_seconds(seconds)
         if finished and reached < len(finished):
             seconds_text += f" ({reached} of {len(finished)} reached)"
-        if system == "downpour":
-            rate_ratio = seconds_ratio = "1 (reference)"
-        else:
-            rate_ratio = format_ratio(downpour_rate, rate)
-            seconds_ratio = format_ratio(downpour_seconds, seconds)
-        print(f"| {LABELS[system]} | {len(finished)} of {runs} | {format_rate(rate)} | {seconds_text} "
-              f"| {format_accuracy(accuracy)} | {rate_ratio} | {seconds_ratio} |")
+        line = (f"| {LABELS[system]} | {len(finished)} of {runs} | {format_rate(rate)} | {seconds_text} "
+                f"| {format_accuracy(accuracy)} ")
+        for variant in variants:
+            if system.startswith("downpour"):
+                line += "| | "
+                continue
+            variant_rate, variant_seconds = reference[variant]
+            line += f"| {format_ratio(variant_rate, rate)} | {format_ratio(variant_seconds, seconds)} "
+        print(line + "|")
 
 
 def print_run_table(rows, systems):

@@ -11,7 +11,9 @@ Two grids are built in:
                seconds, so machine load does not change the result much.
 
 Every run stops when the validation accuracy reaches --target (97.5% by
-default) or after --max-epochs. Each row gives the median over --runs runs.
+default) or after --max-epochs; early stopping is off (patience 1000), so a
+run that stalls goes on to the epoch limit. Each row gives the median over
+--runs runs.
 
 Usage: bench/sweep.py knobs|consistency [--runs N] [--out DIR]
 """
@@ -71,16 +73,21 @@ def run_once(flags, run_dir, target, max_epochs):
         str(target),
         "--max-epochs",
         str(max_epochs),
+        "--patience",
+        "1000",
         *flags,
     ]
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if completed.returncode != 0:
-        sys.stderr.write(completed.stderr[-2000:])
+        if "diverged" in completed.stderr:
+            return {"diverged": True}
+        sys.stderr.write(completed.stderr[-4000:])
         raise SystemExit(f"downpour failed: {' '.join(command)}")
     summary = json.loads((run_dir / "summary.json").read_text())
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     hit = next((e for e in events if 1.0 - e["validation_error"] >= target), None)
     return {
+        "diverged": False,
         "reached": hit is not None,
         "seconds": hit["wall_seconds"] if hit else float("inf"),
         "updates": hit["updates"] if hit else float("inf"),
@@ -104,8 +111,9 @@ def main():
     parser.add_argument("grid", choices=["knobs", "consistency"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--target", type=float, default=0.975)
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--out", type=pathlib.Path)
+    parser.add_argument("--match", default="", help="run only the rows whose label contains this")
     args = parser.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
@@ -113,7 +121,7 @@ def main():
     out = args.out or ROOT / "runs" / f"sweep-{args.grid}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
 
-    rows = grid(args.grid)
+    rows = [row for row in grid(args.grid) if args.match in row[0]]
     results = {label: [] for label, _ in rows}
     # Runs are interleaved across rows, so that a slow spell of the machine
     # does not fall on one row only.
@@ -121,6 +129,9 @@ def main():
         for index, (label, flags) in enumerate(rows):
             result = run_once(flags, out / f"row{index}-run{run}", args.target, args.max_epochs)
             results[label].append(result)
+            if result["diverged"]:
+                print(f"[{run + 1}/{args.runs}] {label}: diverged", file=sys.stderr, flush=True)
+                continue
             print(
                 f"[{run + 1}/{args.runs}] {label}: {fmt(result['seconds'], 1)} s, "
                 f"{fmt(result['updates'], 0)} updates, "
@@ -138,13 +149,19 @@ def main():
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for label, _ in rows:
-        runs = results[label]
+        diverged = sum(r["diverged"] for r in results[label])
+        runs = [r for r in results[label] if not r["diverged"]]
+        if not runs:
+            print(f"| {label} | diverged in {diverged}/{diverged} | | | | | | |")
+            continue
 
         def median(key):
             return statistics.median(r[key] for r in runs)
 
         reached = sum(r["reached"] for r in runs)
         note = "" if reached == len(runs) else f" ({reached}/{len(runs)} reached)"
+        if diverged:
+            note += f" ({diverged} diverged)"
         print(
             f"| {label}{note} | {fmt(median('seconds'), 1)} | {fmt(median('updates'), 0)} | "
             f"{fmt(median('epochs'), 2)} | {median('examples_per_second'):,.0f} | "

@@ -193,7 +193,7 @@ fn test_split_of_other_shape() {
 }
 
 #[test]
-fn model_too_large_for_one_message() {
+fn model_too_large_for_memory() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_mnist(dir.path());
 
@@ -207,5 +207,5 @@ fn model_too_large_for_one_message() {
         ],
     );
 
-    assert_mentions(&line, &["--model mlp:100000,100000", "parameters"]);
+    assert_mentions(&line, &["--model mlp:100000,100000", "parameters", "GiB"]);
 }

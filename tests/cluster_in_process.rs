@@ -260,34 +260,41 @@ async fn two_parameter_servers_train_mnist_subset() {
 }
 
 /// With one worker the updates are applied in a fixed order, so splitting θ
-/// over 1, 2 or 4 parameter servers must give bitwise the same final θ.
+/// over 1, 2 or 4 parameter servers must give bitwise the same final θ, and
+/// so must sending θ and gradients in pieces of 10,000 values (the model has
+/// 50,890 parameters, so each of 2 servers gets 3 pieces per message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_count_leaves_theta_unchanged() {
+async fn server_count_and_pieces_leave_theta_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
 
     let mut finals = Vec::new();
-    for ps_shards in [1, 2, 4] {
-        let run_dir = dir.path().join(format!("run-{ps_shards}"));
+    for (ps_shards, piece_values) in [(1, None), (2, None), (4, None), (2, Some(10_000))] {
+        let run_dir = dir.path().join(format!("run-{ps_shards}-{piece_values:?}"));
         let Cluster { summary, .. } = run_cluster_with(&data, &run_dir, 1, ps_shards, |config| {
             config.max_epochs = 2;
             config.patience = 1_000;
+            if let Some(piece_values) = piece_values {
+                config.piece_values = piece_values;
+            }
         })
         .await;
         assert_eq!(summary.stop_reason, "max_epochs");
+        assert_eq!(summary.parameters, 50_890);
         let (_, params) = checkpoint::load(&run_dir.join("last.safetensors")).unwrap();
-        finals.push((ps_shards, summary.updates, params));
+        finals.push((ps_shards, piece_values, summary.updates, params));
     }
 
-    let (_, updates, params) = &finals[0];
-    for (ps_shards, other_updates, other_params) in &finals[1..] {
-        assert_eq!(other_updates, updates, "{ps_shards} servers");
+    let (_, _, updates, params) = &finals[0];
+    for (ps_shards, piece_values, other_updates, other_params) in &finals[1..] {
+        let setup = format!("{ps_shards} servers, pieces {piece_values:?}");
+        assert_eq!(other_updates, updates, "{setup}");
         let differing = params
             .iter()
             .zip(other_params)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differing, 0, "θ differs with {ps_shards} servers");
+        assert_eq!(differing, 0, "θ differs with {setup}");
     }
 }
 

@@ -101,6 +101,10 @@ pub struct TrainingArgs {
     /// Push gradients as bfloat16, half the bytes of f32.
     #[arg(long)]
     pub push_bf16: bool,
+    /// Largest piece of θ or of a gradient in one gRPC message, in MiB;
+    /// larger ranges travel in several messages.
+    #[arg(long, default_value_t = 64)]
+    pub piece_mib: usize,
     /// Output folder for the summary, event log and checkpoints
     /// [default: runs/<date>-<time>].
     #[arg(long)]
@@ -211,6 +215,7 @@ impl TrainingArgs {
             push_every: self.push_every,
             fetch_every: self.fetch_every,
             push_bf16: self.push_bf16,
+            piece_values: self.piece_mib.saturating_mul(1 << 20) / 4,
         }
     }
 

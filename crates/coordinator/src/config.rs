@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use downpour_model::ModelSpec;
+use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES};
 use downpour_ps::{Compensation, Consistency};
 
 /// Default settings, defined once and shared with the command line.
@@ -65,6 +66,9 @@ pub struct CoordinatorConfig {
     pub fetch_every: u32,
     /// Push gradients as bfloat16 instead of f32.
     pub push_bf16: bool,
+    /// Most values of θ or of a gradient in one message; larger ranges
+    /// travel in pieces.
+    pub piece_values: usize,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -100,6 +104,8 @@ pub enum ConfigError {
         "--fetch-every {0} does not fit --consistency sync, where every worker computes at the θ of the last step; use --fetch-every 1"
     )]
     FetchEveryWithSync(u32),
+    #[error("--piece-mib must be at least 1 and below {max}, got {mib}")]
+    InvalidPieceSize { mib: f64, max: usize },
     #[error("--target-accuracy must be in (0, 1], got {0}")]
     InvalidTargetAccuracy(f64),
     #[error("--dc-lambda must be zero or positive, got {0}")]
@@ -134,6 +140,7 @@ impl CoordinatorConfig {
             push_every: defaults::PUSH_EVERY,
             fetch_every: defaults::FETCH_EVERY,
             push_bf16: false,
+            piece_values: DEFAULT_PIECE_VALUES,
         }
     }
 
@@ -184,6 +191,13 @@ impl CoordinatorConfig {
         }
         if self.consistency == Consistency::Sync && self.fetch_every != 1 {
             return Err(ConfigError::FetchEveryWithSync(self.fetch_every));
+        }
+        // A piece and the fields around it must fit in one message.
+        if self.piece_values == 0 || self.piece_values.saturating_mul(4) >= MAX_MESSAGE_BYTES {
+            return Err(ConfigError::InvalidPieceSize {
+                mib: self.piece_values as f64 * 4.0 / f64::from(1 << 20),
+                max: MAX_MESSAGE_BYTES >> 20,
+            });
         }
         if let Some(target) = self.target_accuracy
             && !(target > 0.0 && target <= 1.0)
@@ -270,6 +284,14 @@ mod tests {
             },
             CoordinatorConfig {
                 target_accuracy: Some(1.5),
+                ..config()
+            },
+            CoordinatorConfig {
+                piece_values: 0,
+                ..config()
+            },
+            CoordinatorConfig {
+                piece_values: 64 << 20,
                 ..config()
             },
             CoordinatorConfig {

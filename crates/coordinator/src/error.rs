@@ -29,13 +29,13 @@ pub enum CoordinatorError {
     #[error("run directory {0} is in use by another run; choose another --run-dir")]
     RunDirectoryInUse(PathBuf),
     #[error(
-        "--model {spec} has {parameters} parameters, and split over {servers} parameter servers a range exceeds the {max} that fit in one message; choose smaller layers or more parameter servers"
+        "--model {spec} has {parameters} parameters, whose θ needs {gib:.1} GiB, more than the {available_gib:.1} GiB of memory available; choose smaller layers"
     )]
     ModelTooLarge {
         spec: String,
         parameters: usize,
-        servers: usize,
-        max: usize,
+        gib: f64,
+        available_gib: f64,
     },
     #[error(
         "{path}: test examples have {test} features, but training examples have {train}; use a test file of the same shape"

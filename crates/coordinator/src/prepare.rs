@@ -6,7 +6,6 @@ use std::ops::Range;
 use bytes::Bytes;
 use downpour_data::{Dataset, mnist, shard, shard_file, shuffle};
 use downpour_model::{Mlp, ModelDescription};
-use downpour_proto::transport::MAX_MESSAGE_BYTES;
 use ndarray::Array2;
 use tracing::info;
 
@@ -115,14 +114,17 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             parameters: description.parameters,
         },
     )?;
-    // Each server's range travels in one message.
-    let largest_range = ps_ranges.iter().map(|range| range.len()).max().unwrap_or(0);
-    if largest_range > MAX_MESSAGE_BYTES / 4 {
+    // The coordinator holds θ₀ and the best θ; refuse a model whose θ
+    // alone does not fit in the memory this machine has free.
+    let theta_bytes = (description.parameters as u64).saturating_mul(4);
+    if let Some(available) = available_memory_bytes()
+        && theta_bytes > available
+    {
         return Err(CoordinatorError::ModelTooLarge {
             spec: config.model.to_string(),
             parameters: description.parameters,
-            servers: config.ps_addresses.len(),
-            max: MAX_MESSAGE_BYTES / 4,
+            gib: theta_bytes as f64 / f64::from(1 << 30),
+            available_gib: available as f64 / f64::from(1 << 30),
         });
     }
     let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
@@ -163,4 +165,15 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         initial_params,
         config,
     })
+}
+
+/// Memory available to new allocations, from `/proc/meminfo`; `None` where
+/// that file does not exist or cannot be read.
+fn available_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

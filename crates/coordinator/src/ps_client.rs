@@ -45,6 +45,8 @@ pub(crate) struct Snapshot {
 pub(crate) struct ParameterServers {
     servers: Vec<Server>,
     parameters: usize,
+    /// Most values in one message.
+    piece_values: usize,
 }
 
 fn rpc_error(address: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
@@ -59,6 +61,7 @@ impl ParameterServers {
     pub(crate) async fn connect(
         addresses: &[String],
         ranges: &[Range<usize>],
+        piece_values: usize,
     ) -> Result<Self, CoordinatorError> {
         let mut servers = Vec::with_capacity(addresses.len());
         for (address, range) in addresses.iter().zip(ranges) {
@@ -81,6 +84,7 @@ impl ParameterServers {
         Ok(Self {
             servers,
             parameters,
+            piece_values: piece_values.max(1),
         })
     }
 
@@ -92,14 +96,21 @@ impl ParameterServers {
         params: &[f32],
     ) -> Result<(), CoordinatorError> {
         for server in &mut self.servers {
-            server
-                .client
-                .init(InitRequest {
-                    params: encode_f32s(&params[server.range.clone()]),
-                    ..settings.clone()
-                })
-                .await
-                .map_err(rpc_error(&server.address))?;
+            let range = &params[server.range.clone()];
+            let pieces = range.chunks(self.piece_values);
+            let in_pieces = pieces.len() > 1;
+            for (index, piece) in pieces.enumerate() {
+                server
+                    .client
+                    .init(InitRequest {
+                        params: encode_f32s(piece),
+                        total_params: if in_pieces { range.len() as u64 } else { 0 },
+                        offset: (index * self.piece_values) as u64,
+                        ..settings.clone()
+                    })
+                    .await
+                    .map_err(rpc_error(&server.address))?;
+            }
         }
         Ok(())
     }
@@ -128,42 +139,66 @@ impl ParameterServers {
         let mut pulls = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let mut client = server.client.clone();
+            let (len, piece) = (server.range.len(), self.piece_values);
             pulls.spawn(async move {
-                let reply = client
-                    .pull(PullRequest {
-                        min_version,
+                let mut replies = Vec::with_capacity(len.div_ceil(piece));
+                for offset in (0..len).step_by(piece) {
+                    let request = PullRequest {
+                        // Only the first piece waits for the version.
+                        min_version: if offset == 0 { min_version } else { 0 },
                         worker_id: None,
-                    })
-                    .await;
-                (index, reply.map(tonic::Response::into_inner))
+                        offset: offset as u64,
+                        length: if len <= piece { 0 } else { piece as u64 },
+                    };
+                    match client.pull(request).await {
+                        Ok(reply) => replies.push(reply.into_inner()),
+                        Err(status) => return (index, Err(status)),
+                    }
+                }
+                (index, Ok(replies))
             });
         }
 
-        let mut replies: Vec<Option<PullReply>> = vec![None; self.servers.len()];
+        let mut replies: Vec<Vec<PullReply>> = vec![Vec::new(); self.servers.len()];
         while let Some(joined) = pulls.join_next().await {
             let (index, reply) = joined.map_err(|error| CoordinatorError::ParameterServer {
                 address: "(all)".to_owned(),
                 message: format!("pull task failed: {error}"),
             })?;
             let address = &self.servers[index].address;
-            replies[index] = Some(reply.map_err(rpc_error(address))?);
+            replies[index] = reply.map_err(rpc_error(address))?;
         }
 
         let mut params = vec![0.0; self.parameters];
-        for (server, reply) in self.servers.iter().zip(&replies) {
-            let reply = reply.as_ref().expect("every pull task reported back");
-            decode_f32s_into(&reply.params, &mut params[server.range.clone()]).map_err(
-                |error| CoordinatorError::ParameterServer {
-                    address: server.address.clone(),
-                    message: format!("pulled parameters are malformed: {error}"),
-                },
-            )?;
+        for (server, pieces) in self.servers.iter().zip(&replies) {
+            let malformed = |message: String| CoordinatorError::ParameterServer {
+                address: server.address.clone(),
+                message: format!("pulled parameters are malformed: {message}"),
+            };
+            let mut start = server.range.start;
+            for piece in pieces {
+                let end = start + piece.params.len() / 4;
+                let target = params
+                    .get_mut(start..end.min(server.range.end))
+                    .filter(|target| target.len() == end - start)
+                    .ok_or_else(|| malformed("more values than the range holds".to_owned()))?;
+                decode_f32s_into(&piece.params, target)
+                    .map_err(|error| malformed(error.to_string()))?;
+                start = end;
+            }
+            if start != server.range.end {
+                return Err(malformed(format!(
+                    "{} values for a range of {}",
+                    start - server.range.start,
+                    server.range.len()
+                )));
+            }
         }
         let first = replies
             .into_iter()
             .next()
-            .flatten()
-            .expect("a run has at least one parameter server");
+            .and_then(|pieces| pieces.into_iter().next())
+            .expect("a run has at least one parameter server with a non-empty range");
         Ok(Snapshot {
             version: first.version,
             totals: first.totals.unwrap_or_default(),

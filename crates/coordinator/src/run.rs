@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::config::CoordinatorConfig;
 use crate::early_stopping::{EarlyStopping, Verdict};
 use crate::error::CoordinatorError;
 use crate::prepare::{EvalSet, PreparedRun};
@@ -131,6 +132,7 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
         } else {
             GradientEncoding::F32
         },
+        piece_values: prepared.config.piece_values,
     }
 }
 
@@ -159,6 +161,8 @@ fn init_settings(prepared: &PreparedRun, run_id: &str) -> InitRequest {
             scale_by_staleness: config.compensation.scale_by_staleness,
             dc_lambda: config.compensation.dc_lambda,
         }),
+        total_params: 0,
+        offset: 0,
     }
 }
 
@@ -176,17 +180,18 @@ impl Evaluator {
         evaluator: &Arc<Mutex<Self>>,
         params: Arc<Vec<f32>>,
         set: Arc<EvalSet>,
-    ) -> Evaluation {
+    ) -> Result<Evaluation, CoordinatorError> {
         let evaluator = evaluator.clone();
         let pass = tokio::task::spawn_blocking(move || {
             let mut guard = evaluator.lock().unwrap_or_else(|p| p.into_inner());
             let Evaluator { model, workspace } = &mut *guard;
             model.evaluate(&params, set.features.view(), &set.labels, workspace)
         });
-        pass.await.unwrap_or_else(|error| {
-            // The join fails when the pass panicked, which is a bug, so the
-            // panic is raised again here.
-            std::panic::resume_unwind(error.into_panic())
+        pass.await.map_err(|error| match error.try_into_panic() {
+            // A panic in the pass is a bug; raise it again here.
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is shutting down.
+            Err(_) => CoordinatorError::Interrupted,
         })
     }
 }
@@ -226,7 +231,9 @@ async fn drive(
         ps_ranges,
         ..
     } = prepared;
-    let mut servers = ParameterServers::connect(&config.ps_addresses, &ps_ranges).await?;
+    warn_if_momentum_may_stall(&config);
+    let mut servers =
+        ParameterServers::connect(&config.ps_addresses, &ps_ranges, config.piece_values).await?;
     servers.init(&settings, &initial_params).await?;
     info!(
         servers = config.ps_addresses.len(),
@@ -277,7 +284,7 @@ async fn drive(
             last_version = Some(snapshot.version);
             evaluations += 1;
             let params = Arc::new(snapshot.params);
-            let pass = Evaluator::evaluate(&evaluator, params.clone(), validation.clone()).await;
+            let pass = Evaluator::evaluate(&evaluator, params.clone(), validation.clone()).await?;
             let totals = snapshot.totals;
             let seconds = started.elapsed().as_secs_f64();
             let epoch = totals.examples as f64 / train_examples as f64;
@@ -354,7 +361,7 @@ async fn drive(
         .expect("the loop runs at least one validation pass before it stops");
     let test_pass = match test {
         Some(test) => {
-            Some(Evaluator::evaluate(&evaluator, best.params.clone(), Arc::new(test)).await)
+            Some(Evaluator::evaluate(&evaluator, best.params.clone(), Arc::new(test)).await?)
         }
         None => None,
     };
@@ -434,6 +441,24 @@ async fn drive(
         "run finished"
     );
     Ok(summary)
+}
+
+/// Stale gradients act like extra momentum; with several workers on top of
+/// high momentum, async training on MNIST measured here stalled near 60%
+/// validation error from 4 workers up, while staleness scaling trained.
+fn warn_if_momentum_may_stall(config: &CoordinatorConfig) {
+    if config.consistency != Consistency::Sync
+        && config.workers >= 4
+        && config.momentum >= 0.5
+        && !config.compensation.scale_by_staleness
+    {
+        warn!(
+            workers = config.workers,
+            momentum = config.momentum,
+            consistency = %config.consistency,
+            "stale gradients from this many workers add to the momentum and can stall training; if the validation error stops falling, add --staleness-scaling, lower --momentum or use --consistency sync"
+        );
+    }
 }
 
 fn warn_stalled(shared: &Shared, next_eval: u64) {

@@ -58,6 +58,7 @@ pub(crate) struct RunInfo {
     pub(crate) push_every: u32,
     pub(crate) fetch_every: u32,
     pub(crate) push_encoding: GradientEncoding,
+    pub(crate) piece_values: usize,
 }
 
 #[derive(Debug)]
@@ -227,6 +228,7 @@ impl Coordinator for CoordinatorService {
             push_every: info.push_every,
             fetch_every: info.fetch_every,
             push_encoding: info.push_encoding.into(),
+            piece_values: info.piece_values as u64,
         }))
     }
 

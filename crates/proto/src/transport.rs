@@ -13,6 +13,11 @@ use tonic::transport::{Channel, Endpoint, Server};
 // protocol does not have yet.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Default size of one piece of θ or of a gradient, in f32 values (64 MiB).
+/// Ranges larger than this travel in several messages, which keeps each
+/// message well under [`MAX_MESSAGE_BYTES`].
+pub const DEFAULT_PIECE_VALUES: usize = 16 << 20;
+
 /// HTTP/2 frame size. Raising it from the 16 KiB default cuts the per-frame
 /// overhead of the roughly 1 MiB pushes and pulls.
 const MAX_FRAME_BYTES: u32 = 1024 * 1024 - 1;

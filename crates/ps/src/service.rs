@@ -1,5 +1,6 @@
 //! The gRPC face of the parameter server.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -25,6 +26,49 @@ use crate::store::{Accepted, ParamStore, Push, PushTotals, StoreError};
 struct State {
     store: Option<ParamStore>,
     gradient: Vec<f32>,
+    /// θ₀ arriving in pieces, before the store exists.
+    initial: Option<Pieces>,
+    /// Gradients arriving in pieces, per worker.
+    pieces: HashMap<u32, Pieces>,
+}
+
+/// Values that arrive in pieces, in order.
+#[derive(Debug, Default)]
+struct Pieces {
+    /// Run the pieces belong to (θ₀ only).
+    run_id: String,
+    values: Vec<f32>,
+    filled: usize,
+}
+
+impl Pieces {
+    /// Checks that a piece of `len` values at `offset` continues the
+    /// values so far and fits, and returns where it goes.
+    fn next(&mut self, offset: u64, len: usize) -> Result<&mut [f32], Status> {
+        if offset == 0 {
+            self.filled = 0;
+        }
+        if offset != self.filled as u64 {
+            return Err(Status::failed_precondition(format!(
+                "piece starts at value {offset}, but the next expected value is {}; send pieces in order",
+                self.filled
+            )));
+        }
+        let end = self.filled + len;
+        if end > self.values.len() {
+            return Err(Status::invalid_argument(format!(
+                "piece of {len} values at {offset} runs past the {} values of the range",
+                self.values.len()
+            )));
+        }
+        let start = self.filled;
+        self.filled = end;
+        Ok(&mut self.values[start..end])
+    }
+
+    fn complete(&self) -> bool {
+        self.filled == self.values.len()
+    }
 }
 
 /// The `ParameterServer` gRPC service.
@@ -142,10 +186,8 @@ fn totals_to_proto(totals: &PushTotals) -> downpour_proto::v1::PushTotals {
     }
 }
 
-/// Builds the store `Init` asks for.
-fn new_store(request: &InitRequest) -> Result<ParamStore, Status> {
-    let params = decode_f32s(&request.params)
-        .map_err(|e| Status::invalid_argument(format!("params: {e}")))?;
+/// Builds the store `Init` asks for, holding `params`.
+fn new_store(request: &InitRequest, params: Vec<f32>) -> Result<ParamStore, Status> {
     let optimizer = request
         .optimizer
         .ok_or_else(|| Status::invalid_argument("optimizer settings are missing"))?;
@@ -188,6 +230,14 @@ fn new_store(request: &InitRequest) -> Result<ParamStore, Status> {
         .with_compensation(compensation)?)
 }
 
+/// Number of values in a pushed gradient or piece.
+fn gradient_values(request: &PushRequest) -> usize {
+    match GradientEncoding::try_from(request.encoding) {
+        Ok(GradientEncoding::Bf16) => request.gradient.len() / 2,
+        _ => request.gradient.len() / 4,
+    }
+}
+
 /// Decodes a pushed gradient into `out` as its encoding says.
 fn decode_gradient(request: &PushRequest, out: &mut [f32]) -> Result<(), Status> {
     let decoded = match GradientEncoding::try_from(request.encoding) {
@@ -221,7 +271,36 @@ impl ParameterServer for ParameterServerService {
             )));
         }
 
-        let store = new_store(&request)?;
+        let params = if request.total_params == 0 {
+            decode_f32s(&request.params)
+                .map_err(|e| Status::invalid_argument(format!("params: {e}")))?
+        } else {
+            let total = usize::try_from(request.total_params).map_err(|_| {
+                Status::invalid_argument("total_params: larger than this machine can address")
+            })?;
+            let initial = state.initial.get_or_insert_with(Pieces::default);
+            if request.offset == 0 {
+                initial.run_id.clone_from(&request.run_id);
+                initial.values = Vec::new();
+                initial.values.try_reserve_exact(total).map_err(|_| {
+                    Status::resource_exhausted(format!("no memory for {total} parameters"))
+                })?;
+                initial.values.resize(total, 0.0);
+            } else if initial.run_id != request.run_id || initial.values.len() != total {
+                return Err(Status::failed_precondition(
+                    "piece of θ₀ for another run or size; start again from offset 0",
+                ));
+            }
+            let len = request.params.len() / 4;
+            let piece = initial.next(request.offset, len)?;
+            decode_f32s_into(&request.params, piece)
+                .map_err(|e| Status::invalid_argument(format!("params: {e}")))?;
+            if !initial.complete() {
+                return Ok(Response::new(InitReply { version: 0 }));
+            }
+            state.initial.take().map(|p| p.values).unwrap_or_default()
+        };
+        let store = new_store(&request, params)?;
         let optimizer = request.optimizer.unwrap_or_default();
         info!(
             run_id = %request.run_id,
@@ -252,12 +331,28 @@ impl ParameterServer for ParameterServerService {
 
         let mut state = self.lock();
         let store = state.store.as_mut().ok_or_else(not_initialised)?;
-        if let Some(worker_id) = request.worker_id {
+        let len = store.params().len() as u64;
+        let start = request.offset.min(len);
+        let end = match request.length {
+            0 => len,
+            length => start.saturating_add(length).min(len),
+        };
+        if request.offset > len {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the {len} values this server holds",
+                request.offset
+            )));
+        }
+        // Delay compensation needs the whole θ the worker holds; a worker
+        // pulling in pieces announces itself on the first piece.
+        if let Some(worker_id) = request.worker_id
+            && start == 0
+        {
             store.record_sent(worker_id);
         }
         Ok(Response::new(PullReply {
             version: store.version(),
-            params: encode_f32s(store.params()),
+            params: encode_f32s(&store.params()[start as usize..end as usize]),
             totals: Some(totals_to_proto(store.totals())),
         }))
     }
@@ -268,7 +363,31 @@ impl ParameterServer for ParameterServerService {
             let mut guard = self.lock();
             let state = &mut *guard;
             let store = state.store.as_mut().ok_or_else(not_initialised)?;
-            if let Err(status) = decode_gradient(&request, &mut state.gradient) {
+            if request.more || request.offset > 0 {
+                let pieces = state.pieces.entry(request.worker_id).or_default();
+                pieces.values.resize(store.params().len(), 0.0);
+                let received = pieces
+                    .next(request.offset, gradient_values(&request))
+                    .and_then(|piece| decode_gradient(&request, piece));
+                if let Err(status) = received {
+                    warn!(worker_id = request.worker_id, error = %status.message(), "push piece rejected");
+                    return Err(status);
+                }
+                if request.more {
+                    return Ok(Response::new(PushReply {
+                        version: store.version(),
+                        ..Default::default()
+                    }));
+                }
+                if !pieces.complete() {
+                    return Err(Status::invalid_argument(format!(
+                        "the last piece ends at value {}, but the range holds {}",
+                        pieces.filled,
+                        pieces.values.len()
+                    )));
+                }
+                std::mem::swap(&mut pieces.values, &mut state.gradient);
+            } else if let Err(status) = decode_gradient(&request, &mut state.gradient) {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
                 return Err(status);
             }
@@ -400,4 +519,30 @@ pub async fn serve(
             }
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_fill_in_order_and_restart_at_offset_zero() {
+        let mut pieces = Pieces {
+            values: vec![0.0; 5],
+            ..Pieces::default()
+        };
+
+        pieces.next(0, 2).unwrap().copy_from_slice(&[1.0, 2.0]);
+        assert!(!pieces.complete());
+        let skipped = pieces.next(3, 2).unwrap_err();
+        assert_eq!(skipped.code(), tonic::Code::FailedPrecondition);
+        let too_long = pieces.next(2, 4).unwrap_err();
+        assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
+        pieces.next(2, 3).unwrap().copy_from_slice(&[3.0, 4.0, 5.0]);
+        assert!(pieces.complete());
+        assert_eq!(pieces.values, [1.0, 2.0, 3.0, 4.0, 5.0]);
+
+        pieces.next(0, 1).unwrap();
+        assert_eq!(pieces.filled, 1);
+    }
 }

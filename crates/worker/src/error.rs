@@ -40,6 +40,10 @@ pub enum WorkerError {
     Params(#[from] downpour_proto::F32BytesError),
     #[error("invalid parameter-server layout: {0}")]
     Layout(String),
+    #[error(
+        "training diverged: the loss of minibatch {batch} of epoch {epoch} is not finite; lower the learning rate (--lr), or with many asynchronous workers add --staleness-scaling or lower --momentum"
+    )]
+    Diverged { epoch: u32, batch: u32 },
     #[error("interrupted")]
     Interrupted,
 }

@@ -1,5 +1,6 @@
 //! The worker's clients of the parameter servers, each holding a contiguous
-//! range of θ. Pulls and pushes go to every server at once.
+//! range of θ. Pulls and pushes go to every server at once; a range larger
+//! than one message travels in pieces, one after the other.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -55,6 +56,17 @@ pub(crate) enum PushOutcome {
 #[derive(Debug)]
 pub(crate) struct ParameterServers {
     servers: Vec<Server>,
+    /// Most values in one message.
+    piece_values: usize,
+}
+
+/// A server's answer to a push, and θ when it was asked for.
+#[derive(Debug)]
+struct Pushed {
+    version: u64,
+    training_stopped: bool,
+    /// θ of the server's range, in pieces; empty unless fetched.
+    params: Vec<Bytes>,
 }
 
 impl ParameterServers {
@@ -65,6 +77,7 @@ impl ParameterServers {
         shards: &[PsShard],
         overrides: Option<&[String]>,
         parameters: usize,
+        piece_values: usize,
         timeout: Duration,
     ) -> Result<Self, WorkerError> {
         if let Some(overrides) = overrides
@@ -105,7 +118,10 @@ impl ParameterServers {
                 "the parameter servers hold {expected_offset} values, but the model has {parameters}"
             )));
         }
-        Ok(Self { servers })
+        Ok(Self {
+            servers,
+            piece_values: piece_values.max(1),
+        })
     }
 
     /// Returns the addresses of the servers, for logs.
@@ -122,21 +138,18 @@ impl ParameterServers {
         let mut pulls = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let mut client = server.client.clone();
+            let (len, piece) = (server.range.len(), self.piece_values);
             pulls.spawn(async move {
-                let request = PullRequest {
-                    min_version: 0,
-                    worker_id: Some(worker_id),
-                };
-                let reply = client.pull(request).await;
-                (index, reply.map(tonic::Response::into_inner))
+                let pulled = pull_range(&mut client, worker_id, len, piece).await;
+                (index, pulled)
             });
         }
         while let Some(joined) = pulls.join_next().await {
-            let (index, reply) = joined.map_err(task_failed)?;
-            let reply = reply.map_err(WorkerError::rpc("Pull"))?;
+            let (index, pulled) = joined.map_err(task_failed)?;
+            let (version, pieces) = pulled?;
             let server = &mut self.servers[index];
-            decode_f32s_into(&reply.params, &mut params[server.range.clone()])?;
-            server.version = reply.version;
+            decode_pieces(&pieces, &mut params[server.range.clone()])?;
+            server.version = version;
         }
         Ok(())
     }
@@ -152,18 +165,19 @@ impl ParameterServers {
         let mut outcome = PushOutcome::Applied;
         if let [server] = self.servers.as_mut_slice() {
             let request = push_request(&gradient, server);
-            let reply = server
-                .client
-                .push(request)
-                .await
-                .map_err(WorkerError::rpc("Push"))?
-                .into_inner();
-            if reply.training_stopped {
+            let pushed = push_range(
+                &mut server.client,
+                request,
+                server.range.len(),
+                self.piece_values,
+            )
+            .await?;
+            if pushed.training_stopped {
                 outcome = PushOutcome::TrainingStopped;
             }
             if gradient.fetch {
-                decode_f32s_into(&reply.params, params)?;
-                server.version = reply.version;
+                decode_pieces(&pushed.params, params)?;
+                server.version = pushed.version;
             }
             return Ok(outcome);
         }
@@ -172,25 +186,141 @@ impl ParameterServers {
         for (index, server) in self.servers.iter().enumerate() {
             let request = push_request(&gradient, server);
             let mut client = server.client.clone();
+            let (len, piece) = (server.range.len(), self.piece_values);
             pushes.spawn(async move {
-                let reply = client.push(request).await;
-                (index, reply.map(tonic::Response::into_inner))
+                let pushed = push_range(&mut client, request, len, piece).await;
+                (index, pushed)
             });
         }
         while let Some(joined) = pushes.join_next().await {
-            let (index, reply) = joined.map_err(task_failed)?;
-            let reply = reply.map_err(WorkerError::rpc("Push"))?;
-            if reply.training_stopped {
+            let (index, pushed) = joined.map_err(task_failed)?;
+            let pushed = pushed?;
+            if pushed.training_stopped {
                 outcome = PushOutcome::TrainingStopped;
             }
             if gradient.fetch {
                 let server = &mut self.servers[index];
-                decode_f32s_into(&reply.params, &mut params[server.range.clone()])?;
-                server.version = reply.version;
+                decode_pieces(&pushed.params, &mut params[server.range.clone()])?;
+                server.version = pushed.version;
             }
         }
         Ok(outcome)
     }
+}
+
+/// Pulls a server's `len` values in pieces of at most `piece` values, and
+/// returns the version of the first piece with the pieces' bytes.
+async fn pull_range(
+    client: &mut PsClient,
+    worker_id: u32,
+    len: usize,
+    piece: usize,
+) -> Result<(u64, Vec<Bytes>), WorkerError> {
+    let mut version = None;
+    let mut pieces = Vec::with_capacity(len.div_ceil(piece));
+    for offset in (0..len).step_by(piece) {
+        let request = PullRequest {
+            min_version: 0,
+            worker_id: Some(worker_id),
+            offset: offset as u64,
+            length: if len <= piece { 0 } else { piece as u64 },
+        };
+        let reply = client
+            .pull(request)
+            .await
+            .map_err(WorkerError::rpc("Pull"))?
+            .into_inner();
+        // With pieces, θ may move between pulls; the oldest version is the
+        // one the whole range is at least as new as.
+        version.get_or_insert(reply.version);
+        pieces.push(reply.params);
+    }
+    Ok((version.unwrap_or(0), pieces))
+}
+
+/// Pushes `request`'s gradient of `len` values, in pieces of at most
+/// `piece` values when it is larger, and fetches θ back when asked.
+async fn push_range(
+    client: &mut PsClient,
+    request: PushRequest,
+    len: usize,
+    piece: usize,
+) -> Result<Pushed, WorkerError> {
+    if len <= piece {
+        let reply = client
+            .push(request)
+            .await
+            .map_err(WorkerError::rpc("Push"))?
+            .into_inner();
+        return Ok(Pushed {
+            version: reply.version,
+            training_stopped: reply.training_stopped,
+            params: vec![reply.params],
+        });
+    }
+
+    let width = request.gradient.len() / len;
+    let mut reply = None;
+    for offset in (0..len).step_by(piece) {
+        let end = (offset + piece).min(len);
+        let piece_request = PushRequest {
+            gradient: request.gradient.slice(offset * width..end * width),
+            offset: offset as u64,
+            more: end < len,
+            return_params: false,
+            ..request.clone()
+        };
+        reply = Some(
+            client
+                .push(piece_request)
+                .await
+                .map_err(WorkerError::rpc("Push"))?
+                .into_inner(),
+        );
+    }
+    let reply = reply.unwrap_or_default();
+    let mut pushed = Pushed {
+        version: reply.version,
+        training_stopped: reply.training_stopped,
+        params: Vec::new(),
+    };
+    if request.return_params {
+        let (version, pieces) = pull_range(client, request.worker_id, len, piece).await?;
+        pushed.version = version;
+        pushed.params = pieces;
+    }
+    Ok(pushed)
+}
+
+/// Decodes θ that arrived in pieces into `out`.
+fn decode_pieces(pieces: &[Bytes], out: &mut [f32]) -> Result<(), WorkerError> {
+    let mut start = 0;
+    for piece in pieces {
+        let end = start + piece.len() / 4;
+        let Some(target) = out.get_mut(start..end) else {
+            return Err(WorkerError::Rpc {
+                call: "Pull",
+                code: tonic::Code::Internal,
+                message: format!(
+                    "the parameter server sent more than the {} values of its range",
+                    out.len()
+                ),
+            });
+        };
+        decode_f32s_into(piece, target)?;
+        start = end;
+    }
+    if start != out.len() {
+        return Err(WorkerError::Rpc {
+            call: "Pull",
+            code: tonic::Code::Internal,
+            message: format!(
+                "the parameter server sent {start} values for a range of {}",
+                out.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
@@ -212,6 +342,8 @@ fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
         epoch: gradient.epoch,
         batch: gradient.batch,
         encoding: gradient.encoding.into(),
+        offset: 0,
+        more: false,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
+use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
     CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkRequest, RegisterRequest,
@@ -95,6 +95,10 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         &registration.ps_shards,
         config.ps.as_deref(),
         description.parameters,
+        match registration.piece_values {
+            0 => DEFAULT_PIECE_VALUES,
+            values => usize::try_from(values).unwrap_or(usize::MAX),
+        },
         config.connect_timeout,
     )
     .await?;
@@ -341,8 +345,19 @@ impl Session {
                 (trainer, loss)
             })
             .await
-            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+            .map_err(|error| match error.try_into_panic() {
+                // A panic in the step is a bug; raise it again here.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down.
+                Err(_) => WorkerError::Interrupted,
+            })?;
             self.trainer = Some(trainer);
+            if !loss.is_finite() {
+                return Err(WorkerError::Diverged {
+                    epoch: range.epoch,
+                    batch,
+                });
+            }
             let push_started = Instant::now();
             compute += push_started - step_started;
             self.report.minibatches += 1;
