@@ -230,6 +230,16 @@ fn new_store(request: &InitRequest, params: Vec<f32>) -> Result<ParamStore, Stat
         .with_compensation(compensation)?)
 }
 
+/// The gradient of a whole f32 push viewed in place, when its bytes happen
+/// to be aligned for f32 on a little-endian machine; this saves a copy.
+fn f32s_in_place(request: &PushRequest) -> Option<&[f32]> {
+    let f32_encoded = GradientEncoding::try_from(request.encoding) == Ok(GradientEncoding::F32);
+    if !(cfg!(target_endian = "little") && f32_encoded) {
+        return None;
+    }
+    bytemuck::try_cast_slice(&request.gradient).ok()
+}
+
 /// Number of values in a pushed gradient or piece.
 fn gradient_values(request: &PushRequest) -> usize {
     match GradientEncoding::try_from(request.encoding) {
@@ -387,14 +397,21 @@ impl ParameterServer for ParameterServerService {
                     )));
                 }
                 std::mem::swap(&mut pieces.values, &mut state.gradient);
-            } else if let Err(status) = decode_gradient(&request, &mut state.gradient) {
+            }
+            let in_place = (!request.more && request.offset == 0)
+                .then(|| f32s_in_place(&request))
+                .flatten();
+            if in_place.is_none()
+                && request.offset == 0
+                && let Err(status) = decode_gradient(&request, &mut state.gradient)
+            {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
                 return Err(status);
             }
             let push = Push {
                 worker_id: request.worker_id,
                 version: request.version,
-                gradient: &state.gradient,
+                gradient: in_place.unwrap_or(&state.gradient),
                 examples: request.examples,
                 loss: request.loss,
                 epoch: request.epoch,

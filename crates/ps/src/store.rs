@@ -315,8 +315,11 @@ impl ParamStore {
         if !push.loss.is_finite() {
             return Err(StoreError::NonFiniteLoss);
         }
-        if let Some(index) = push.gradient.iter().position(|v| !v.is_finite()) {
-            return Err(StoreError::NonFiniteGradient { index });
+        if !all_finite(push.gradient) {
+            let index = push.gradient.iter().position(|v| !v.is_finite());
+            return Err(StoreError::NonFiniteGradient {
+                index: index.unwrap_or_default(),
+            });
         }
         if let Some(clock) = &self.clock {
             clock.check(push.worker_id, push.batch)?;
@@ -455,7 +458,7 @@ impl ParamStore {
     /// Finite gradients can still overflow θ when the learning rate is too
     /// large; every later push is rejected from then on.
     fn check_finite(&mut self) -> Result<(), StoreError> {
-        if self.params.iter().any(|v| !v.is_finite()) {
+        if !all_finite(&self.params) {
             self.diverged_at = Some(self.version);
             return Err(StoreError::Diverged {
                 version: self.version,
@@ -463,6 +466,17 @@ impl ParamStore {
         }
         Ok(())
     }
+}
+
+/// Whether every value is finite. The loop has no early exit, so it
+/// compiles to vector instructions.
+fn all_finite(values: &[f32]) -> bool {
+    // An f32 is infinite or NaN exactly when its exponent bits are all set.
+    const EXPONENT: u32 = 0x7f80_0000;
+    let non_finite = values.iter().fold(0u32, |acc, v| {
+        acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    });
+    non_finite == 0
 }
 
 #[cfg(test)]
@@ -592,6 +606,17 @@ mod tests {
         let later = store.apply_push(push(1, &[0.0, 0.0])).unwrap_err();
         assert_eq!(later, StoreError::Diverged { version: 1 });
         assert_eq!(store.version(), 1);
+    }
+
+    #[test]
+    fn all_finite_finds_any_non_finite_value() {
+        let mut values = vec![1.0f32; 1000];
+        assert!(all_finite(&values));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            values[777] = bad;
+            assert!(!all_finite(&values), "{bad} went unnoticed");
+        }
+        assert!(all_finite(&[f32::MAX, f32::MIN_POSITIVE, -0.0, 1e-45]));
     }
 
     #[test]
