@@ -1,7 +1,7 @@
 //! θ and gradients travel as raw little-endian f32 bytes; gradients may
 //! travel as bfloat16 instead, at half the size.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// A byte field that cannot hold f32 values of the expected count.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +19,33 @@ pub fn encode_f32s(values: &[f32]) -> Bytes {
     } else {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
+}
+
+/// Encodes f32 values as little-endian bytes into `buffer` and hands them
+/// out as `Bytes`. Once every handle to the bytes of the previous call is
+/// dropped, the buffer reuses their memory instead of allocating.
+pub fn encode_f32s_reusing(values: &[f32], buffer: &mut BytesMut) -> Bytes {
+    buffer.clear();
+    buffer.reserve(values.len() * 4);
+    if cfg!(target_endian = "little") {
+        buffer.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        for value in values {
+            buffer.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    buffer.split().freeze()
+}
+
+/// Like [`encode_f32s_reusing`], as little-endian bfloat16 (see
+/// [`encode_bf16s`]).
+pub fn encode_bf16s_reusing(values: &[f32], buffer: &mut BytesMut) -> Bytes {
+    buffer.clear();
+    buffer.resize(values.len() * 2, 0);
+    for (pair, &value) in buffer.chunks_exact_mut(2).zip(values) {
+        pair.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes());
+    }
+    buffer.split().freeze()
 }
 
 /// Decodes little-endian f32 bytes into a new vector.
@@ -114,6 +141,22 @@ mod tests {
         let values = [0.0, -1.5, f32::MIN_POSITIVE, 3.25e7];
         let decoded = decode_f32s(&encode_f32s(&values)).unwrap();
         assert_eq!(decoded, values);
+    }
+
+    #[test]
+    fn reusing_encoders_match_and_reuse_the_buffer() {
+        let values = [1.5f32, -2.0, 3.25];
+        let mut buffer = BytesMut::new();
+
+        let first = encode_f32s_reusing(&values, &mut buffer);
+        assert_eq!(first, encode_f32s(&values));
+        let address = first.as_ptr();
+        drop(first);
+        let second = encode_f32s_reusing(&values, &mut buffer);
+        assert_eq!(second.as_ptr(), address, "the freed memory is reused");
+
+        let bf16 = encode_bf16s_reusing(&values, &mut buffer);
+        assert_eq!(bf16, encode_bf16s(&values));
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub mod v1 {
 mod f32_bytes;
 
 pub use f32_bytes::{
-    F32BytesError, decode_bf16s_into, decode_f32s, decode_f32s_into, encode_bf16s, encode_f32s,
+    F32BytesError, decode_bf16s_into, decode_f32s, decode_f32s_into, encode_bf16s,
+    encode_bf16s_reusing, encode_f32s, encode_f32s_reusing,
 };
 
 pub mod transport;

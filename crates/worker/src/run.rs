@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
@@ -13,7 +14,7 @@ use downpour_proto::v1::{
     CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkRequest, RegisterRequest,
     WorkRange, next_work_reply,
 };
-use downpour_proto::{encode_bf16s, encode_f32s};
+use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
 use tonic::transport::Channel;
 use tracing::{debug, info};
 
@@ -130,6 +131,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         sequence: 0,
         needs_pull: true,
         since_fetch: 0,
+        wire: BytesMut::new(),
         shards: HashMap::new(),
         report: WorkerReport {
             worker_id,
@@ -255,6 +257,8 @@ struct Session {
     needs_pull: bool,
     /// Minibatches computed since θ was last refreshed.
     since_fetch: u32,
+    /// Memory for the encoded gradient, reused from push to push.
+    wire: BytesMut,
     shards: HashMap<u32, Arc<Dataset>>,
     report: WorkerReport,
 }
@@ -418,6 +422,7 @@ impl Session {
             accumulated,
             trainer,
             encoding,
+            wire,
             ..
         } = self;
         let trainer = trainer.as_mut().expect("the trainer is idle between steps");
@@ -429,8 +434,8 @@ impl Session {
             (&trainer.gradient, examples as u32, loss)
         };
         let bytes = match encoding {
-            GradientEncoding::F32 => encode_f32s(gradient),
-            GradientEncoding::Bf16 => encode_bf16s(gradient),
+            GradientEncoding::F32 => encode_f32s_reusing(gradient, wire),
+            GradientEncoding::Bf16 => encode_bf16s_reusing(gradient, wire),
         };
         self.sequence += 1;
         let gradient = Gradient {
