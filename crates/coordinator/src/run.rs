@@ -126,7 +126,12 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
         shard_files: prepared.shard_files.clone(),
         shard_lengths: prepared.shard_rows.iter().map(|rows| rows.len()).collect(),
         push_every: prepared.config.push_every,
-        fetch_every: prepared.config.fetch_every,
+        // In sync mode θ changes only once every worker pushed, so a
+        // worker refreshes it with each push and never in between.
+        fetch_every: match prepared.config.consistency {
+            Consistency::Sync => 0,
+            _ => prepared.config.fetch_every,
+        },
         push_encoding: if prepared.config.push_bf16 {
             GradientEncoding::Bf16
         } else {
@@ -351,6 +356,9 @@ async fn drive(
     // The schedule stops first, so that a worker whose push is answered
     // with "training stopped" finds the stop when it asks for work.
     shared.lock().schedule.stop(stop_reason);
+    // NOTE: in sync mode with several parameter servers, a server can apply
+    // the last step before it stops while another drops it, so θ read
+    // below can mix two consecutive steps; validation reads can too.
     servers.stop_training().await?;
     let wall_seconds = started.elapsed().as_secs_f64();
     let at_stop = servers.pull(0).await?;

@@ -6,11 +6,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
 /// Largest gRPC message any Downpour service accepts or sends: 256 MiB.
-///
-/// A pull or push carries all of θ in one message, so this bounds the model
-/// size at 64 million f32 parameters.
-// NOTE: θ larger than this limit needs chunked pulls and pushes, which the
-// protocol does not have yet.
+/// θ and gradients larger than one piece travel in several messages, so
+/// this does not bound the model size.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Default size of one piece of θ or of a gradient, in f32 values (64 MiB).

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
@@ -37,37 +38,60 @@ struct State {
 struct Pieces {
     /// Run the pieces belong to (θ₀ only).
     run_id: String,
+    /// Push sequence number the pieces belong to (gradients only).
+    sequence: u64,
     values: Vec<f32>,
+    /// Values received so far; 0 when nothing is under way.
     filled: usize,
 }
 
 impl Pieces {
-    /// Checks that a piece of `len` values at `offset` continues the
-    /// values so far and fits, and returns where it goes.
-    fn next(&mut self, offset: u64, len: usize) -> Result<&mut [f32], Status> {
-        if offset == 0 {
-            self.filled = 0;
+    /// Checks that a piece of `len` values at `offset` of message
+    /// `sequence` continues the values so far and fits, and returns where
+    /// it goes. Nothing changes until [`Pieces::commit`].
+    fn slot(&mut self, offset: u64, len: usize, sequence: u64) -> Result<Range<usize>, Status> {
+        if len == 0 {
+            return Err(Status::invalid_argument("piece holds no values"));
         }
-        if offset != self.filled as u64 {
+        let start = if offset == 0 {
+            0
+        } else if self.filled == 0 || sequence != self.sequence {
+            return Err(Status::failed_precondition(format!(
+                "piece at value {offset} continues nothing under way; start at offset 0"
+            )));
+        } else if offset != self.filled as u64 {
             return Err(Status::failed_precondition(format!(
                 "piece starts at value {offset}, but the next expected value is {}; send pieces in order",
                 self.filled
             )));
-        }
-        let end = self.filled + len;
+        } else {
+            self.filled
+        };
+        let end = start + len;
         if end > self.values.len() {
             return Err(Status::invalid_argument(format!(
                 "piece of {len} values at {offset} runs past the {} values of the range",
                 self.values.len()
             )));
         }
-        let start = self.filled;
-        self.filled = end;
-        Ok(&mut self.values[start..end])
+        if offset == 0 {
+            self.sequence = sequence;
+        }
+        Ok(start..end)
     }
 
-    fn complete(&self) -> bool {
-        self.filled == self.values.len()
+    /// Records that the values up to `end` arrived.
+    fn commit(&mut self, end: usize) {
+        self.filled = end;
+    }
+
+    /// Whether every value arrived; if so, the next piece starts afresh.
+    fn take_complete(&mut self) -> bool {
+        let complete = self.filled == self.values.len();
+        if complete {
+            self.filled = 0;
+        }
+        complete
     }
 }
 
@@ -145,6 +169,7 @@ impl ParameterServerService {
                 Default::default()
             },
             training_stopped: true,
+            applied: false,
         })
     }
 
@@ -302,10 +327,11 @@ impl ParameterServer for ParameterServerService {
                 ));
             }
             let len = request.params.len() / 4;
-            let piece = initial.next(request.offset, len)?;
-            decode_f32s_into(&request.params, piece)
+            let slot = initial.slot(request.offset, len, 0)?;
+            decode_f32s_into(&request.params, &mut initial.values[slot.clone()])
                 .map_err(|e| Status::invalid_argument(format!("params: {e}")))?;
-            if !initial.complete() {
+            initial.commit(slot.end);
+            if !initial.take_complete() {
                 return Ok(Response::new(InitReply { version: 0 }));
             }
             state.initial.take().map(|p| p.values).unwrap_or_default()
@@ -341,6 +367,9 @@ impl ParameterServer for ParameterServerService {
 
         let mut state = self.lock();
         let store = state.store.as_mut().ok_or_else(not_initialised)?;
+        if let Some(worker_id) = request.worker_id {
+            store.check_worker(worker_id)?;
+        }
         let len = store.params().len() as u64;
         let start = request.offset.min(len);
         let end = match request.length {
@@ -374,11 +403,21 @@ impl ParameterServer for ParameterServerService {
             let state = &mut *guard;
             let store = state.store.as_mut().ok_or_else(not_initialised)?;
             if request.more || request.offset > 0 {
+                // One assembly buffer per worker: refuse ids outside the run
+                // before allocating one.
+                if let Err(error) = store.check_worker(request.worker_id) {
+                    warn!(worker_id = request.worker_id, %error, "push rejected");
+                    return Err(error.into());
+                }
                 let pieces = state.pieces.entry(request.worker_id).or_default();
                 pieces.values.resize(store.params().len(), 0.0);
                 let received = pieces
-                    .next(request.offset, gradient_values(&request))
-                    .and_then(|piece| decode_gradient(&request, piece));
+                    .slot(request.offset, gradient_values(&request), request.sequence)
+                    .and_then(|slot| {
+                        decode_gradient(&request, &mut pieces.values[slot.clone()])?;
+                        pieces.commit(slot.end);
+                        Ok(())
+                    });
                 if let Err(status) = received {
                     warn!(worker_id = request.worker_id, error = %status.message(), "push piece rejected");
                     return Err(status);
@@ -389,7 +428,7 @@ impl ParameterServer for ParameterServerService {
                         ..Default::default()
                     }));
                 }
-                if !pieces.complete() {
+                if !pieces.take_complete() {
                     return Err(Status::invalid_argument(format!(
                         "the last piece ends at value {}, but the range holds {}",
                         pieces.filled,
@@ -449,14 +488,20 @@ impl ParameterServer for ParameterServerService {
                 };
                 (staleness, waited)
             }
-            Accepted::Held { ready_at, .. } => {
+            Accepted::Held {
+                ready_at,
+                step,
+                staleness,
+            } => {
                 let waited = self
                     .wait_for(|state| state.version >= ready_at || state.stopped)
                     .await?;
-                if waited.version < ready_at {
+                if waited.version <= step {
+                    // Training stopped before the step was applied, and the
+                    // held push was dropped.
                     return Ok(Response::new(self.stopped_reply(&request)?));
                 }
-                (0, Some(waited))
+                (staleness, Some(waited))
             }
             Accepted::Stopped => return Ok(Response::new(self.stopped_reply(&request)?)),
         };
@@ -473,7 +518,8 @@ impl ParameterServer for ParameterServerService {
             version: store.version(),
             staleness,
             params,
-            training_stopped: waited.is_some_and(|w| w.stopped) && store.is_stopped(),
+            training_stopped: waited.is_some_and(|w| w.stopped) || store.is_stopped(),
+            applied: true,
         }))
     }
 
@@ -496,7 +542,13 @@ impl ParameterServer for ParameterServerService {
         &self,
         _request: Request<FinishRequest>,
     ) -> Result<Response<FinishReply>, Status> {
-        let version = self.lock().store.as_ref().map_or(0, ParamStore::version);
+        let version = {
+            let mut state = self.lock();
+            state.store.as_mut().map_or(0, |store| {
+                store.stop();
+                store.version()
+            })
+        };
         info!(version, "run finished; parameter server stopping");
         self.version.send_modify(|state| {
             state.finished = true;
@@ -549,17 +601,24 @@ mod tests {
             ..Pieces::default()
         };
 
-        pieces.next(0, 2).unwrap().copy_from_slice(&[1.0, 2.0]);
-        assert!(!pieces.complete());
-        let skipped = pieces.next(3, 2).unwrap_err();
-        assert_eq!(skipped.code(), tonic::Code::FailedPrecondition);
-        let too_long = pieces.next(2, 4).unwrap_err();
-        assert_eq!(too_long.code(), tonic::Code::InvalidArgument);
-        pieces.next(2, 3).unwrap().copy_from_slice(&[3.0, 4.0, 5.0]);
-        assert!(pieces.complete());
+        let first = pieces.slot(0, 2, 7).unwrap();
+        pieces.values[first.clone()].copy_from_slice(&[1.0, 2.0]);
+        pieces.commit(first.end);
+        assert!(!pieces.take_complete());
+        let code = |result: Result<Range<usize>, Status>| result.unwrap_err().code();
+        assert_eq!(code(pieces.slot(3, 2, 7)), tonic::Code::FailedPrecondition);
+        assert_eq!(code(pieces.slot(2, 3, 8)), tonic::Code::FailedPrecondition);
+        assert_eq!(code(pieces.slot(2, 4, 7)), tonic::Code::InvalidArgument);
+        assert_eq!(code(pieces.slot(2, 0, 7)), tonic::Code::InvalidArgument);
+        // A rejected piece leaves the expected offset where it was.
+        let rest = pieces.slot(2, 3, 7).unwrap();
+        pieces.values[rest.clone()].copy_from_slice(&[3.0, 4.0, 5.0]);
+        pieces.commit(rest.end);
+        assert!(pieces.take_complete());
         assert_eq!(pieces.values, [1.0, 2.0, 3.0, 4.0, 5.0]);
 
-        pieces.next(0, 1).unwrap();
-        assert_eq!(pieces.filled, 1);
+        // Once complete, only a piece at offset 0 starts the next gradient.
+        assert_eq!(code(pieces.slot(5, 1, 7)), tonic::Code::FailedPrecondition);
+        assert_eq!(pieces.slot(0, 1, 8).unwrap(), 0..1);
     }
 }

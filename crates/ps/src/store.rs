@@ -106,7 +106,11 @@ pub enum Accepted {
     /// until the version reaches `ready_at`, the pusher's next step, so
     /// that it carries every update before that step, including steps that
     /// only longer shards take part in.
-    Held { step: u64, ready_at: u64 },
+    Held {
+        step: u64,
+        ready_at: u64,
+        staleness: u64,
+    },
     /// Training has stopped; the push was dropped.
     Stopped,
 }
@@ -275,6 +279,24 @@ impl ParamStore {
         }
     }
 
+    /// Checks that `worker_id` belongs to the run, when the run's workers
+    /// are known.
+    ///
+    /// # Errors
+    ///
+    /// Rejects a worker id outside the step clock.
+    pub fn check_worker(&self, worker_id: u32) -> Result<(), StoreError> {
+        match &self.clock {
+            Some(clock) if worker_id as usize >= clock.workers() => {
+                Err(StoreError::Clock(ClockError::UnknownWorker {
+                    worker: worker_id,
+                    workers: clock.workers(),
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Records that `worker_id` now holds the current θ, when delay
     /// compensation needs to know.
     pub fn record_sent(&mut self, worker_id: u32) {
@@ -419,7 +441,11 @@ impl ParamStore {
         if complete {
             self.apply_round()?;
         }
-        Ok(Accepted::Held { step, ready_at })
+        Ok(Accepted::Held {
+            step,
+            ready_at,
+            staleness,
+        })
     }
 
     /// Applies the average of the held gradients, weighted by their
@@ -661,7 +687,8 @@ mod tests {
             first,
             Accepted::Held {
                 step: 0,
-                ready_at: 1
+                ready_at: 1,
+                staleness: 0
             }
         );
         assert_eq!(store.version(), 0);
@@ -705,7 +732,8 @@ mod tests {
             last,
             Accepted::Held {
                 step: 0,
-                ready_at: 2
+                ready_at: 2,
+                staleness: 0
             }
         );
 

@@ -46,10 +46,11 @@ pub(crate) struct Gradient<'a> {
 
 /// What the servers said to a push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushOutcome {
-    Applied,
+pub(crate) struct PushOutcome {
+    /// Every server put the push into θ.
+    pub(crate) applied: bool,
     /// Training stopped on at least one server.
-    TrainingStopped,
+    pub(crate) training_stopped: bool,
 }
 
 /// Clients of every parameter server of the run, in θ order.
@@ -65,6 +66,7 @@ pub(crate) struct ParameterServers {
 struct Pushed {
     version: u64,
     training_stopped: bool,
+    applied: bool,
     /// θ of the server's range, in pieces; empty unless fetched.
     params: Vec<Bytes>,
 }
@@ -162,7 +164,10 @@ impl ParameterServers {
         gradient: Gradient<'_>,
         params: &mut [f32],
     ) -> Result<PushOutcome, WorkerError> {
-        let mut outcome = PushOutcome::Applied;
+        let mut outcome = PushOutcome {
+            applied: true,
+            training_stopped: false,
+        };
         if let [server] = self.servers.as_mut_slice() {
             let request = push_request(&gradient, server);
             let pushed = push_range(
@@ -172,9 +177,8 @@ impl ParameterServers {
                 self.piece_values,
             )
             .await?;
-            if pushed.training_stopped {
-                outcome = PushOutcome::TrainingStopped;
-            }
+            outcome.applied &= pushed.applied;
+            outcome.training_stopped |= pushed.training_stopped;
             if gradient.fetch {
                 decode_pieces(&pushed.params, params)?;
                 server.version = pushed.version;
@@ -195,9 +199,8 @@ impl ParameterServers {
         while let Some(joined) = pushes.join_next().await {
             let (index, pushed) = joined.map_err(task_failed)?;
             let pushed = pushed?;
-            if pushed.training_stopped {
-                outcome = PushOutcome::TrainingStopped;
-            }
+            outcome.applied &= pushed.applied;
+            outcome.training_stopped |= pushed.training_stopped;
             if gradient.fetch {
                 let server = &mut self.servers[index];
                 decode_pieces(&pushed.params, &mut params[server.range.clone()])?;
@@ -255,6 +258,7 @@ async fn push_range(
         return Ok(Pushed {
             version: reply.version,
             training_stopped: reply.training_stopped,
+            applied: reply.applied,
             params: vec![reply.params],
         });
     }
@@ -282,6 +286,7 @@ async fn push_range(
     let mut pushed = Pushed {
         version: reply.version,
         training_stopped: reply.training_stopped,
+        applied: reply.applied,
         params: Vec::new(),
     };
     if request.return_params {

@@ -120,7 +120,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         worker_id,
         batch_size,
         push_every,
-        fetch_every: registration.fetch_every.max(1),
+        fetch_every: registration.fetch_every,
         encoding,
         accumulated: Accumulated::new(if push_every > 1 {
             trainer.gradient.len()
@@ -152,7 +152,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                 let outcome = session
                     .train_range(&mut coordinator, &mut ps, range)
                     .await?;
-                if outcome == PushOutcome::TrainingStopped {
+                if outcome == RangeEnd::TrainingStopped {
                     // The coordinator stopped the schedule before the
                     // servers, so the next request for work returns the stop.
                     continue;
@@ -195,6 +195,15 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         "worker stopped"
     );
     Ok(session.report)
+}
+
+/// How a range of minibatches ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeEnd {
+    Done,
+    /// A parameter server reported that training stopped; the rest of the
+    /// range was dropped.
+    TrainingStopped,
 }
 
 /// Gradients of the minibatches since the last push, weighted by their
@@ -246,6 +255,7 @@ struct Session {
     worker_id: u32,
     batch_size: usize,
     push_every: u32,
+    /// Minibatches between refreshes of θ; 0 refreshes with every push.
     fetch_every: u32,
     encoding: GradientEncoding,
     /// Gradients waiting for the next push, when `push_every` is above 1.
@@ -309,7 +319,7 @@ impl Session {
         coordinator: &mut Coordinator,
         ps: &mut ParameterServers,
         range: WorkRange,
-    ) -> Result<PushOutcome, WorkerError> {
+    ) -> Result<RangeEnd, WorkerError> {
         let shard = self.shard(coordinator, range.shard).await?;
         // Pushes return the new θ, so a pull is needed only for the first
         // range and after waiting, while other workers may have pushed.
@@ -370,30 +380,28 @@ impl Session {
 
             let ends_shard = batch as usize + 1 == batches;
             let push_now = (batch + 1).is_multiple_of(self.push_every) || ends_shard;
-            let fetch_now = self.since_fetch >= self.fetch_every;
             if push_now {
+                // θ is refreshed only with a push, so that every gradient in
+                // an accumulated push comes from the θ the push is tagged
+                // with. A fetch_every of 0 means with every push.
+                let fetch_now = self.since_fetch >= self.fetch_every;
                 let outcome = self
                     .push(ps, range.epoch, batch, examples, loss, fetch_now)
                     .await?;
                 if fetch_now {
                     self.since_fetch = 0;
                 }
-                if outcome == PushOutcome::TrainingStopped {
-                    return Ok(outcome);
+                if outcome.training_stopped {
+                    return Ok(RangeEnd::TrainingStopped);
                 }
             } else {
-                if self.push_every > 1 {
-                    let Self {
-                        accumulated,
-                        trainer,
-                        ..
-                    } = self;
-                    let gradient = &trainer.as_ref().expect("trainer is idle").gradient;
-                    accumulated.add(gradient, examples, loss);
-                }
-                if fetch_now {
-                    self.pull(ps).await?;
-                }
+                let Self {
+                    accumulated,
+                    trainer,
+                    ..
+                } = self;
+                let gradient = &trainer.as_ref().expect("trainer is idle").gradient;
+                accumulated.add(gradient, examples, loss);
             }
             transport += push_started.elapsed();
         }
@@ -404,7 +412,7 @@ impl Session {
             push_ms = transport.as_secs_f64() * 1e3,
             "work range done"
         );
-        Ok(PushOutcome::Applied)
+        Ok(RangeEnd::Done)
     }
 
     /// Pushes the last minibatch's gradient, or the mean over the
@@ -453,7 +461,7 @@ impl Session {
         if self.push_every > 1 {
             accumulated.clear();
         }
-        if outcome == PushOutcome::Applied {
+        if outcome.applied {
             self.report.pushes += 1;
         }
         Ok(outcome)
