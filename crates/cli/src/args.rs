@@ -103,7 +103,7 @@ pub struct TrainingArgs {
     pub push_bf16: bool,
     /// Largest piece of θ or of a gradient in one gRPC message, in MiB;
     /// larger ranges travel in several messages.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 4)]
     pub piece_mib: usize,
     /// Output folder for the summary, event log and checkpoints
     /// [default: runs/<date>-<time>].

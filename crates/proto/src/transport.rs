@@ -10,10 +10,12 @@ use tonic::transport::{Channel, Endpoint, Server};
 /// this does not bound the model size.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-/// Default size of one piece of θ or of a gradient, in f32 values (64 MiB).
-/// Ranges larger than this travel in several messages, which keeps each
-/// message well under [`MAX_MESSAGE_BYTES`].
-pub const DEFAULT_PIECE_VALUES: usize = 16 << 20;
+/// Default size of one piece of θ or of a gradient, in f32 values (4 MiB).
+/// Ranges larger than this travel in several messages. Messages of tens of
+/// MiB are slower: each one gets fresh pages from the kernel, and moving a
+/// 20-million-parameter θ took 350 ms per step in one message per server
+/// against 220-250 ms in 4 MiB pieces.
+pub const DEFAULT_PIECE_VALUES: usize = 1 << 20;
 
 /// HTTP/2 frame size. Raising it from the 16 KiB default cuts the per-frame
 /// overhead of the roughly 1 MiB pushes and pulls.
