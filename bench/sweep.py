@@ -7,8 +7,8 @@ Two grids are built in:
                --fetch-every, --push-bf16) against the defaults; wall time
                matters, so run it on an idle machine.
   consistency  4, 8 and 16 workers in one process, async, bounded and sync,
-               with and without staleness compensation; counts updates, not
-               seconds, so machine load does not change the result much.
+               with and without staleness compensation. It counts updates,
+               not seconds, so machine load changes the result less.
 
 Every run stops when the validation accuracy reaches --target (97.5% by
 default) or after --max-epochs; early stopping is off (patience 1000), so a

@@ -45,7 +45,7 @@ pub(crate) struct Snapshot {
 pub(crate) struct ParameterServers {
     servers: Vec<Server>,
     parameters: usize,
-    /// Most values in one message.
+    /// Largest number of values in one message.
     piece_values: usize,
 }
 

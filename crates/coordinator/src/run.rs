@@ -141,7 +141,7 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
     }
 }
 
-/// The settings every parameter server gets with θ₀.
+/// Builds the settings every parameter server gets with θ₀.
 fn init_settings(prepared: &PreparedRun, run_id: &str) -> InitRequest {
     let config = &prepared.config;
     let (consistency, staleness_bound) = match config.consistency {
@@ -357,8 +357,8 @@ async fn drive(
     // with "training stopped" finds the stop when it asks for work.
     shared.lock().schedule.stop(stop_reason);
     // NOTE: in sync mode with several parameter servers, a server can apply
-    // the last step before it stops while another drops it, so θ read
-    // below can mix two consecutive steps; validation reads can too.
+    // the last step before it stops while another drops it. θ read below
+    // can then mix two consecutive steps, and so can validation reads.
     servers.stop_training().await?;
     let wall_seconds = started.elapsed().as_secs_f64();
     let at_stop = servers.pull(0).await?;
@@ -451,9 +451,10 @@ async fn drive(
     Ok(summary)
 }
 
-/// Stale gradients act like extra momentum; with several workers on top of
-/// high momentum, async training on MNIST measured here stalled near 60%
-/// validation error from 4 workers up, while staleness scaling trained.
+/// Logs a warning for settings under which stale gradients may stall
+/// training. Stale gradients act like extra momentum. On MNIST with
+/// momentum 0.9, async training stalled from 4 workers up, while staleness
+/// scaling trained.
 fn warn_if_momentum_may_stall(config: &CoordinatorConfig) {
     if config.consistency != Consistency::Sync
         && config.workers >= 4

@@ -144,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn reusing_encoders_match_and_reuse_the_buffer() {
+    fn reusing_encoders_reuse_memory() {
         let values = [1.5f32, -2.0, 3.25];
         let mut buffer = BytesMut::new();
 
@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_round_trip_keeps_eight_significant_bits() {
+    fn bf16_round_trip_rounds_to_even() {
         let values = [0.0, 1.0, -2.5, 1.0 + 1.0 / 256.0, 3.0e-5, f32::INFINITY];
         let encoded = encode_bf16s(&values);
         assert_eq!(encoded.len(), values.len() * 2);

@@ -61,7 +61,7 @@ pub struct Compensation {
 }
 
 impl Compensation {
-    /// Whether either correction is on.
+    /// Returns whether either correction is on.
     pub fn is_active(&self) -> bool {
         self.scale_by_staleness || self.dc_lambda != 0.0
     }
@@ -157,7 +157,7 @@ impl StepClock {
         Ok(())
     }
 
-    /// The step of a push whose last minibatch is `batch` of `epoch`.
+    /// Returns the step of a push whose last minibatch is `batch` of `epoch`.
     pub fn step(&self, epoch: u32, batch: u32) -> u64 {
         u64::from(epoch) * self.steps_per_epoch + u64::from(batch / self.push_every)
     }
@@ -176,7 +176,7 @@ impl StepClock {
         }
     }
 
-    /// Whether `worker` pushes at `step`.
+    /// Returns whether `worker` pushes at `step`.
     pub fn pushes_at(&self, worker: usize, step: u64) -> bool {
         let first_batch = (step % self.steps_per_epoch) * u64::from(self.push_every);
         self.worker_batches
@@ -202,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn shorter_shard_skips_the_last_step_and_counts_it_done() {
+    fn shorter_shard_skips_last_step() {
         // Worker 0 has 5 minibatches, worker 1 has 4; pushes every 2.
         let clock = StepClock::new(vec![5, 4], 2).unwrap();
 

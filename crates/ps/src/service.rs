@@ -85,7 +85,8 @@ impl Pieces {
         self.filled = end;
     }
 
-    /// Whether every value arrived; if so, the next piece starts afresh.
+    /// Returns whether every value arrived; if so, the next piece starts
+    /// afresh.
     fn take_complete(&mut self) -> bool {
         let complete = self.filled == self.values.len();
         if complete {
@@ -148,7 +149,7 @@ impl ParameterServerService {
         Ok(state)
     }
 
-    /// The consistency mode of the current run.
+    /// Returns the consistency mode of the current run.
     fn lock_consistency(&self) -> Consistency {
         self.lock()
             .store
@@ -156,7 +157,7 @@ impl ParameterServerService {
             .map_or(Consistency::Async, ParamStore::consistency)
     }
 
-    /// The answer to a push that came in after training stopped.
+    /// Builds the reply to a push that came in after training stopped.
     fn stopped_reply(&self, request: &PushRequest) -> Result<PushReply, Status> {
         let state = self.lock();
         let store = state.store.as_ref().ok_or_else(not_initialised)?;
@@ -255,8 +256,9 @@ fn new_store(request: &InitRequest, params: Vec<f32>) -> Result<ParamStore, Stat
         .with_compensation(compensation)?)
 }
 
-/// The gradient of a whole f32 push viewed in place, when its bytes happen
-/// to be aligned for f32 on a little-endian machine; this saves a copy.
+/// Views the gradient of a whole f32 push in place, which saves a copy. It
+/// works when the bytes happen to be aligned for f32 on a little-endian
+/// machine.
 fn f32s_in_place(request: &PushRequest) -> Option<&[f32]> {
     let f32_encoded = GradientEncoding::try_from(request.encoding) == Ok(GradientEncoding::F32);
     if !(cfg!(target_endian = "little") && f32_encoded) {
@@ -595,7 +597,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_fill_in_order_and_restart_at_offset_zero() {
+    fn pieces_fill_in_order() {
         let mut pieces = Pieces {
             values: vec![0.0; 5],
             ..Pieces::default()

@@ -254,18 +254,18 @@ impl ParamStore {
         &self.totals
     }
 
-    /// The consistency mode.
+    /// Returns the consistency mode.
     pub fn consistency(&self) -> Consistency {
         self.consistency
     }
 
-    /// Steps done by the slowest worker (bounded mode), or `u64::MAX`
+    /// Returns the steps done by the slowest worker (bounded mode), or `u64::MAX`
     /// when no worker holds anyone back.
     pub fn min_done(&self) -> u64 {
         self.done.iter().copied().min().unwrap_or(u64::MAX)
     }
 
-    /// Whether training has stopped.
+    /// Returns whether training has stopped.
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
@@ -635,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn all_finite_finds_any_non_finite_value() {
+    fn all_finite_finds_nan_and_inf() {
         let mut values = vec![1.0f32; 1000];
         assert!(all_finite(&values));
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
@@ -679,7 +679,7 @@ mod tests {
     }
 
     #[test]
-    fn sync_step_waits_for_every_worker_and_averages_by_examples() {
+    fn sync_step_averages_by_examples() {
         let mut store = sync_store(vec![2, 2]);
 
         let first = store.apply_push(at(1, 0, &[4.0, 0.0], 32)).unwrap();
@@ -705,7 +705,7 @@ mod tests {
     }
 
     #[test]
-    fn sync_result_does_not_depend_on_arrival_order() {
+    fn sync_ignores_arrival_order() {
         let gradients = [[0.3f32, -0.7], [1.1, 0.2], [-0.4, 0.9]];
         let mut results = Vec::new();
         for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
@@ -743,7 +743,7 @@ mod tests {
     }
 
     #[test]
-    fn sync_rejects_duplicates_and_pushes_for_other_steps() {
+    fn sync_rejects_out_of_step_pushes() {
         let mut store = sync_store(vec![2, 2]);
         store.apply_push(at(0, 0, &[1.0, 1.0], 64)).unwrap();
 
@@ -828,7 +828,7 @@ mod tests {
     }
 
     #[test]
-    fn delay_compensation_uses_the_theta_sent_to_the_worker() {
+    fn delay_compensation_uses_sent_theta() {
         let mut store = store()
             .with_compensation(Compensation {
                 scale_by_staleness: false,

@@ -57,7 +57,7 @@ pub(crate) struct PushOutcome {
 #[derive(Debug)]
 pub(crate) struct ParameterServers {
     servers: Vec<Server>,
-    /// Most values in one message.
+    /// Largest number of values in one message.
     piece_values: usize,
 }
 

@@ -197,7 +197,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     Ok(session.report)
 }
 
-/// How a range of minibatches ended.
+/// The end of a range of minibatches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RangeEnd {
     Done,
