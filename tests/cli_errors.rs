@@ -209,3 +209,31 @@ fn model_too_large_for_memory() {
 
     assert_mentions(&line, &["--model mlp:100000,100000", "parameters", "GiB"]);
 }
+
+#[test]
+fn invalid_consistency_and_transport_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_mnist(dir.path());
+    let data = data.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["--consistency", "bounded"],
+            &["--consistency", "bounded:S"],
+        ),
+        (
+            &["--consistency", "sync", "--fetch-every", "2"],
+            &["--fetch-every", "sync"],
+        ),
+        (&["--push-every", "0"], &["--push-every", "0"]),
+        (&["--fetch-every", "0"], &["--fetch-every", "0"]),
+        (&["--dc-lambda", "-1"], &["--dc-lambda", "-1"]),
+        (&["--target-accuracy", "1.5"], &["--target-accuracy", "1.5"]),
+    ];
+
+    for (flags, mentions) in cases {
+        let mut args = vec!["--data", data];
+        args.extend_from_slice(flags);
+        let line = train_fails(dir.path(), &args);
+        assert_mentions(&line, mentions);
+    }
+}

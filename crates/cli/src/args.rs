@@ -49,13 +49,13 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// SGD learning rate.
-    #[arg(long, default_value_t = defaults::LEARNING_RATE)]
+    #[arg(long, default_value_t = defaults::LEARNING_RATE, allow_negative_numbers = true)]
     pub lr: f32,
     /// SGD momentum coefficient, in [0, 1).
-    #[arg(long, default_value_t = defaults::MOMENTUM)]
+    #[arg(long, default_value_t = defaults::MOMENTUM, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay coefficient.
-    #[arg(long, default_value_t = defaults::WEIGHT_DECAY)]
+    #[arg(long, default_value_t = defaults::WEIGHT_DECAY, allow_negative_numbers = true)]
     pub weight_decay: f32,
     /// Seed of the initial parameters and of the one-time shuffle.
     #[arg(long, default_value_t = defaults::SEED)]
@@ -90,7 +90,7 @@ pub struct TrainingArgs {
     pub staleness_scaling: bool,
     /// λ of delay-compensated updates, g + λ·g⊙g⊙(θ_now − θ_then); 0 turns
     /// them off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub dc_lambda: f32,
     /// Minibatches whose gradients a worker averages into one push.
     #[arg(long, default_value_t = defaults::PUSH_EVERY)]
