@@ -403,6 +403,7 @@ async fn drive(
         updates: at_stop.version,
         pushes: totals.pushes,
         examples,
+        duplicate_pushes: totals.duplicates,
         stop_reason: stop_reason.to_owned(),
         evaluations,
         wall_seconds,

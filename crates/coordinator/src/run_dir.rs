@@ -78,6 +78,8 @@ pub struct RunSummary {
     pub pushes: u64,
     /// Training examples behind those updates.
     pub examples: u64,
+    /// Pushes delivered again and acknowledged without being applied twice.
+    pub duplicate_pushes: u64,
     /// `early_stopping`, `target_accuracy` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,

@@ -40,6 +40,7 @@ fn apply_step(criterion: &mut Criterion) {
             pushes += 1;
             let push = Push {
                 worker_id: 0,
+                sequence: 0,
                 version: 0,
                 gradient: black_box(&gradients[pushes % 2]),
                 examples: 64,

@@ -207,6 +207,7 @@ fn totals_to_proto(totals: &PushTotals) -> downpour_proto::v1::PushTotals {
         staleness_sum: totals.staleness_sum,
         max_staleness: totals.max_staleness,
         pushes_by_worker: totals.pushes_by_worker.clone().into_iter().collect(),
+        duplicates: totals.duplicates,
         staleness_counts: totals.staleness_counts.clone().into_iter().collect(),
         updates: totals.updates,
     }
@@ -451,6 +452,7 @@ impl ParameterServer for ParameterServerService {
             }
             let push = Push {
                 worker_id: request.worker_id,
+                sequence: request.sequence,
                 version: request.version,
                 gradient: in_place.unwrap_or(&state.gradient),
                 examples: request.examples,
@@ -506,6 +508,17 @@ impl ParameterServer for ParameterServerService {
                 (staleness, Some(waited))
             }
             Accepted::Stopped => return Ok(Response::new(self.stopped_reply(&request)?)),
+            Accepted::Duplicate { ready_at } => {
+                info!(
+                    worker_id = request.worker_id,
+                    sequence = request.sequence,
+                    "push acknowledged again without applying it: this sequence number was applied already"
+                );
+                let waited = self
+                    .wait_for(|state| state.version >= ready_at || state.stopped)
+                    .await?;
+                (0, Some(waited))
+            }
         };
 
         let mut state = self.lock();

@@ -57,6 +57,9 @@ pub struct PushTotals {
     pub staleness_counts: BTreeMap<u64, u64>,
     /// Applied pushes per worker id.
     pub pushes_by_worker: BTreeMap<u32, u64>,
+    /// Pushes acknowledged again without being applied, because their
+    /// sequence number had been applied already.
+    pub duplicates: u64,
 }
 
 impl PushTotals {
@@ -75,6 +78,9 @@ impl PushTotals {
 #[derive(Debug, Clone, Copy)]
 pub struct Push<'a> {
     pub worker_id: u32,
+    /// Per-worker sequence number, counting from 1; 0 for a push that
+    /// does not take part in duplicate detection.
+    pub sequence: u64,
     /// Version of θ the gradient was computed at.
     pub version: u64,
     /// Mean gradient over the pushed minibatches.
@@ -113,6 +119,10 @@ pub enum Accepted {
     },
     /// Training has stopped; the push was dropped.
     Stopped,
+    /// The worker sent this sequence number before and it was applied (or
+    /// held for its step); it is acknowledged and not applied again. The
+    /// answer waits until the version reaches `ready_at`, 0 for at once.
+    Duplicate { ready_at: u64 },
 }
 
 /// A push held for the rest of its step.
@@ -151,6 +161,9 @@ pub struct ParamStore {
     round: Option<Round>,
     /// The θ last sent to each worker, kept for delay compensation.
     sent: HashMap<u32, Vec<f32>>,
+    /// Per worker, the highest sequence number accepted and the version its
+    /// answer waited for.
+    sequences: HashMap<u32, (u64, u64)>,
     /// The gradient after compensation, or the step's average.
     scratch: Vec<f32>,
     stopped: bool,
@@ -186,6 +199,7 @@ impl ParamStore {
             done: Vec::new(),
             round: None,
             sent: HashMap::new(),
+            sequences: HashMap::new(),
             stopped: false,
         })
     }
@@ -322,6 +336,13 @@ impl ParamStore {
         if self.stopped {
             return Ok(Accepted::Stopped);
         }
+        if let Some(&(last, ready_at)) = self.sequences.get(&push.worker_id)
+            && push.sequence != 0
+            && push.sequence <= last
+        {
+            self.totals.duplicates += 1;
+            return Ok(Accepted::Duplicate { ready_at });
+        }
         if push.gradient.len() != self.params.len() {
             return Err(StoreError::WrongLength {
                 expected: self.params.len(),
@@ -363,6 +384,7 @@ impl ParamStore {
         self.totals
             .count(push.worker_id, push.examples, push.loss, staleness);
         self.totals.updates = self.version;
+        self.record_sequence(push.worker_id, push.sequence, 0);
         let done = match &self.clock {
             Some(clock) => {
                 let done = clock.done_after(push.worker_id, push.epoch, push.batch);
@@ -481,6 +503,13 @@ impl ParamStore {
         self.check_finite()
     }
 
+    /// Remembers that `sequence` of `worker_id` was accepted.
+    fn record_sequence(&mut self, worker_id: u32, sequence: u64, ready_at: u64) {
+        if sequence != 0 {
+            self.sequences.insert(worker_id, (sequence, ready_at));
+        }
+    }
+
     /// Finite gradients can still overflow θ when the learning rate is too
     /// large; every later push is rejected from then on.
     fn check_finite(&mut self) -> Result<(), StoreError> {
@@ -521,6 +550,7 @@ mod tests {
     fn push(version: u64, gradient: &[f32]) -> Push<'_> {
         Push {
             worker_id: 7,
+            sequence: 0,
             version,
             gradient,
             examples: 64,
@@ -848,5 +878,31 @@ mod tests {
 
         // g + λ·g²·(θ_now − θ_then) = [1 + 0.5·1·(−1), 2 + 0.5·4·1] = [0.5, 4].
         assert_eq!(store.params(), &[0.0 - 0.5 * 0.5, 3.0 - 0.5 * 4.0]);
+    }
+
+    #[test]
+    fn repeated_sequence_is_acknowledged_once() {
+        let mut store = store();
+        let first = Push {
+            sequence: 1,
+            ..push(0, &[2.0, -2.0])
+        };
+
+        store.apply_push(first).unwrap();
+        let again = store.apply_push(first).unwrap();
+
+        assert_eq!(again, Accepted::Duplicate { ready_at: 0 });
+        assert_eq!(store.version(), 1);
+        assert_eq!(store.params(), &[0.0, 3.0]);
+        assert_eq!(store.totals().pushes, 1);
+        assert_eq!(store.totals().duplicates, 1);
+        let next = Push {
+            sequence: 2,
+            ..push(1, &[0.0, 0.0])
+        };
+        assert!(matches!(
+            store.apply_push(next).unwrap(),
+            Accepted::Applied { version: 2, .. }
+        ));
     }
 }
