@@ -218,7 +218,7 @@ fn invalid_consistency_and_transport_flags() {
     let cases: [(&[&str], &[&str]); 6] = [
         (
             &["--consistency", "bounded"],
-            &["--consistency", "bounded:S"],
+            &["--consistency", "bounded:2"],
         ),
         (
             &["--consistency", "sync", "--fetch-every", "2"],
@@ -235,5 +235,53 @@ fn invalid_consistency_and_transport_flags() {
         args.extend_from_slice(flags);
         let line = train_fails(dir.path(), &args);
         assert_mentions(&line, mentions);
+    }
+}
+
+#[test]
+fn roles_without_a_token_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short-token");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["ps", "--listen", "127.0.0.1:0"],
+            &["DOWNPOUR_TOKEN", "--token-file"],
+        ),
+        (
+            &["worker", "--coordinator", "127.0.0.1:9"],
+            &["DOWNPOUR_TOKEN"],
+        ),
+        (
+            &["coordinator", "--listen", "127.0.0.1:0"],
+            &["DOWNPOUR_TOKEN"],
+        ),
+        (
+            &[
+                "ps",
+                "--listen",
+                "127.0.0.1:0",
+                "--token-file",
+                short.to_str().unwrap(),
+            ],
+            &["short-token", "shorter than 16"],
+        ),
+    ];
+
+    for (args, mentions) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_downpour"))
+            .args(args)
+            .env_remove("DOWNPOUR_TOKEN")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} started");
+        assert!(!stderr.contains("panicked"), "{args:?}:\n{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line for {args:?}:\n{stderr}"));
+        assert_mentions(line, mentions);
     }
 }

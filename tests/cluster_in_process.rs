@@ -13,6 +13,7 @@ use std::time::Duration;
 use downpour_coordinator::{CoordinatorConfig, RunSummary, prepare};
 use downpour_data::{checkpoint, mnist};
 use downpour_model::{Mlp, ModelSpec, Workspace};
+use downpour_proto::auth::ClusterToken;
 use downpour_ps::{Compensation, Consistency};
 use downpour_worker::{WorkerConfig, WorkerReport};
 use tokio::net::TcpListener;
@@ -67,10 +68,11 @@ async fn run_cluster_with(
     };
     adjust(&mut config);
     let prepared = prepare(config).unwrap();
+    let token = ClusterToken::random();
 
     let servers: Vec<_> = ps_listeners
         .into_iter()
-        .map(|listener| tokio::spawn(downpour_ps::serve(listener, pending())))
+        .map(|listener| tokio::spawn(downpour_ps::serve(listener, token.clone(), pending())))
         .collect();
     let worker_tasks: Vec<_> = (0..workers)
         .map(|index| {
@@ -79,13 +81,14 @@ async fn run_cluster_with(
                 ps: None,
                 name: format!("test-{index}"),
                 connect_timeout: Duration::from_secs(10),
+                token: token.clone(),
             };
             tokio::spawn(downpour_worker::run(config, pending()))
         })
         .collect();
     let summary = timeout(
         TIMEOUT,
-        downpour_coordinator::run(prepared, coordinator_listener, pending()),
+        downpour_coordinator::run(prepared, coordinator_listener, token, pending()),
     )
     .await
     .expect("training finished in time")

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The cluster token every process gets through DOWNPOUR_TOKEN.
+const TOKEN: &str = "test-token-0123456789";
+
 /// A child process whose standard error is collected line by line.
 struct Node {
     name: &'static str,
@@ -28,6 +31,7 @@ impl Node {
         let mut child = Command::new(env!("CARGO_BIN_EXE_downpour"))
             .args(args)
             .env("RUST_LOG", "info")
+            .env("DOWNPOUR_TOKEN", TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use downpour_coordinator::{CoordinatorConfig, defaults};
 use downpour_model::ModelSpec;
+use downpour_proto::auth::{ClusterToken, TokenError};
 use downpour_ps::{Compensation, Consistency};
 
 /// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
@@ -101,8 +102,8 @@ pub struct TrainingArgs {
     /// Push gradients as bfloat16, half the bytes of f32.
     #[arg(long)]
     pub push_bf16: bool,
-    /// Largest piece of θ or of a gradient in one gRPC message, in MiB;
-    /// larger ranges travel in several messages.
+    /// Largest piece of θ or of a gradient in one gRPC message, in MiB,
+    /// from 1 to 255; larger ranges travel in several messages.
     #[arg(long, default_value_t = 4)]
     pub piece_mib: usize,
     /// Output folder for the summary, event log and checkpoints
@@ -111,10 +112,24 @@ pub struct TrainingArgs {
     pub run_dir: Option<PathBuf>,
 }
 
+/// Where the cluster token comes from.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding the cluster token, a shared secret of at least 16
+    /// printable characters that every role must present
+    /// [default: the DOWNPOUR_TOKEN environment variable].
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub training: TrainingArgs,
+    /// The in-process cluster uses this token when one is given, and a
+    /// random one otherwise.
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// Parameter servers to split θ over.
     #[arg(long, default_value_t = 1)]
     pub ps_shards: usize,
@@ -131,6 +146,8 @@ pub struct CoordinatorArgs {
     /// workers reach them; θ is split into one contiguous range per server.
     #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
     pub ps: Vec<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +155,8 @@ pub struct PsArgs {
     /// Address to serve the parameter server on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +176,8 @@ pub struct WorkerArgs {
     /// Seconds to keep retrying the first connection to each peer.
     #[arg(long, default_value_t = 60)]
     pub connect_timeout: u64,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 /// The split of an MNIST folder that `eval` scores.
@@ -177,6 +198,30 @@ pub struct EvalArgs {
     /// Split of an MNIST folder to score; a single file is scored whole.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
+}
+
+impl TokenArgs {
+    /// Reads the token from `--token-file` or `DOWNPOUR_TOKEN`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when neither is set, or the token cannot be read or is invalid.
+    pub fn read(&self) -> Result<ClusterToken, TokenError> {
+        ClusterToken::from_file_or_env(self.token_file.as_deref())
+    }
+
+    /// Reads the token as [`TokenArgs::read`] does, or makes a random one
+    /// when neither source is set.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a given source cannot be read or holds an invalid token.
+    pub fn read_or_random(&self) -> Result<ClusterToken, TokenError> {
+        match self.read() {
+            Err(TokenError::Missing) => Ok(ClusterToken::random()),
+            other => other,
+        }
+    }
 }
 
 fn parse_model(text: &str) -> Result<ModelSpec, String> {

@@ -110,13 +110,18 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let coordinator_listener = bind("127.0.0.1:0", "coordinator").await?;
     let coordinator_address = coordinator_listener.local_addr()?.to_string();
 
+    let token = args.token.read_or_random()?;
     let prepared = prepare_run(training, ps_addresses).await?;
     let run_dir = prepared.config.run_dir.clone();
     let worker_count = prepared.config.workers;
 
     let mut servers = JoinSet::new();
     for listener in ps_listeners {
-        servers.spawn(downpour_ps::serve(listener, std::future::pending()));
+        servers.spawn(downpour_ps::serve(
+            listener,
+            token.clone(),
+            std::future::pending(),
+        ));
     }
     let mut workers = JoinSet::new();
     for index in 0..worker_count {
@@ -125,13 +130,15 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
             ps: None,
             name: format!("local-{index}"),
             connect_timeout: Duration::from_secs(10),
+            token: token.clone(),
         };
         workers.spawn(downpour_worker::run(config, std::future::pending()));
     }
 
     // A worker that fails ends the run, since no other worker takes over
     // its shard.
-    let coordinator = downpour_coordinator::run(prepared, coordinator_listener, shutdown_signal());
+    let coordinator =
+        downpour_coordinator::run(prepared, coordinator_listener, token, shutdown_signal());
     tokio::pin!(coordinator);
     let summary = loop {
         tokio::select! {
@@ -160,23 +167,26 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let token = args.token.read()?;
     let prepared = prepare_run(&args.training, args.ps.clone()).await?;
     let run_dir = prepared.config.run_dir.clone();
     let listener = bind(&args.listen, "--listen").await?;
-    let summary = downpour_coordinator::run(prepared, listener, shutdown_signal()).await?;
+    let summary = downpour_coordinator::run(prepared, listener, token, shutdown_signal()).await?;
     print_summary(&summary, &run_dir);
     Ok(())
 }
 
 async fn ps(args: PsArgs) -> anyhow::Result<()> {
+    let token = args.token.read()?;
     let listener = bind(&args.listen, "--listen").await?;
-    downpour_ps::serve(listener, shutdown_signal())
+    downpour_ps::serve(listener, token, shutdown_signal())
         .await
         .context("parameter server failed")?;
     Ok(())
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let token = args.token.read()?;
     let config = WorkerConfig {
         coordinator: args.coordinator,
         ps: args.ps,
@@ -184,6 +194,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             .name
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        token,
     };
     let report = downpour_worker::run(config, shutdown_signal()).await?;
     info!(

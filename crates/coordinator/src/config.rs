@@ -101,13 +101,17 @@ pub enum ConfigError {
     #[error("--fetch-every must be at least 1 minibatch, got {0}")]
     ZeroFetchEvery(u32),
     #[error(
-        "--fetch-every {0} does not fit --consistency sync, where every worker computes at the θ of the last step; use --fetch-every 1"
+        "--fetch-every {0} is not supported with --consistency sync, where every worker computes at the θ of the last step; use --fetch-every 1"
     )]
     FetchEveryWithSync(u32),
     #[error("--piece-mib must be at least 1 and below {max}, got {mib}")]
     InvalidPieceSize { mib: f64, max: usize },
     #[error("--target-accuracy must be in (0, 1], got {0}")]
     InvalidTargetAccuracy(f64),
+    #[error(
+        "--staleness-scaling and --dc-lambda have no effect with --consistency sync, where every push has staleness 0; drop them or choose async or bounded:S"
+    )]
+    CompensationWithSync,
     #[error("--dc-lambda must be zero or positive, got {0}")]
     InvalidDcLambda(f32),
 }
@@ -208,6 +212,9 @@ impl CoordinatorConfig {
         if !(lambda.is_finite() && lambda >= 0.0) {
             return Err(ConfigError::InvalidDcLambda(lambda));
         }
+        if self.consistency == Consistency::Sync && self.compensation.is_active() {
+            return Err(ConfigError::CompensationWithSync);
+        }
         Ok(())
     }
 }
@@ -301,6 +308,14 @@ mod tests {
             CoordinatorConfig {
                 consistency: Consistency::Sync,
                 fetch_every: 2,
+                ..config()
+            },
+            CoordinatorConfig {
+                consistency: Consistency::Sync,
+                compensation: Compensation {
+                    scale_by_staleness: true,
+                    dc_lambda: 0.0,
+                },
                 ..config()
             },
             CoordinatorConfig {

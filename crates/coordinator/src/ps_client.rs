@@ -4,6 +4,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{
@@ -11,7 +12,6 @@ use downpour_proto::v1::{
 };
 use downpour_proto::{decode_f32s_into, encode_f32s};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tracing::warn;
 
 use crate::error::CoordinatorError;
@@ -19,7 +19,7 @@ use crate::error::CoordinatorError;
 /// How long the coordinator keeps trying to reach each parameter server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-type PsClient = ParameterServerClient<Channel>;
+type PsClient = ParameterServerClient<AuthChannel>;
 
 #[derive(Debug, Clone)]
 struct Server {
@@ -62,6 +62,7 @@ impl ParameterServers {
         addresses: &[String],
         ranges: &[Range<usize>],
         piece_values: usize,
+        token: &ClusterToken,
     ) -> Result<Self, CoordinatorError> {
         let mut servers = Vec::with_capacity(addresses.len());
         for (address, range) in addresses.iter().zip(ranges) {
@@ -71,7 +72,7 @@ impl ParameterServers {
                     address: address.clone(),
                     message: error.to_string(),
                 })?;
-            let client = ParameterServerClient::new(channel)
+            let client = ParameterServerClient::new(authenticated(channel, token))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             servers.push(Server {

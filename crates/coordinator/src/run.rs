@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use downpour_model::{Evaluation, Mlp, Workspace};
+use downpour_proto::auth::{ClusterToken, RequireToken};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::coordinator_server::CoordinatorServer;
 use downpour_proto::v1::{
@@ -16,6 +17,7 @@ use downpour_proto::v1::{
 use downpour_ps::Consistency;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
@@ -43,7 +45,9 @@ const EVAL_BATCH: usize = 1000;
 
 /// Runs a prepared training job: serves the coordinator on `listener`
 /// until training ends or `shutdown` resolves, and returns the summary that
-/// it also wrote to the run directory.
+/// it also wrote to the run directory. Every request to the coordinator
+/// must carry `token`, and the coordinator sends it to the parameter
+/// servers.
 ///
 /// # Errors
 ///
@@ -52,6 +56,7 @@ const EVAL_BATCH: usize = 1000;
 pub async fn run(
     prepared: PreparedRun,
     listener: TcpListener,
+    token: ClusterToken,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, CoordinatorError> {
     let mut run_dir = RunDir::create(&prepared.config.run_dir)?;
@@ -72,6 +77,7 @@ pub async fn run(
     let service = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = InterceptedService::new(service, RequireToken::new(&token, "coordinator"));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     match listener.local_addr() {
         Ok(address) => info!(%address, "coordinator listening"),
@@ -86,7 +92,7 @@ pub async fn run(
     );
 
     let outcome = tokio::select! {
-        outcome = drive(prepared, &shared, &mut run_dir) => outcome,
+        outcome = drive(prepared, &shared, &mut run_dir, &token) => outcome,
         () = shutdown => Err(CoordinatorError::Interrupted),
     };
 
@@ -223,6 +229,7 @@ async fn drive(
     prepared: PreparedRun,
     shared: &Arc<Shared>,
     run_dir: &mut RunDir,
+    token: &ClusterToken,
 ) -> Result<RunSummary, CoordinatorError> {
     let settings = init_settings(&prepared, &shared.info.run_id);
     let PreparedRun {
@@ -238,7 +245,8 @@ async fn drive(
     } = prepared;
     warn_if_momentum_may_stall(&config);
     let mut servers =
-        ParameterServers::connect(&config.ps_addresses, &ps_ranges, config.piece_values).await?;
+        ParameterServers::connect(&config.ps_addresses, &ps_ranges, config.piece_values, token)
+            .await?;
     servers.init(&settings, &initial_params).await?;
     info!(
         servers = config.ps_addresses.len(),
@@ -464,7 +472,7 @@ fn warn_if_momentum_may_stall(config: &CoordinatorConfig) {
     {
         warn!(
             workers = config.workers,
-            momentum = config.momentum,
+            momentum = %config.momentum,
             consistency = %config.consistency,
             "stale gradients from this many workers add to the momentum and can stall training; if the validation error stops falling, add --staleness-scaling, lower --momentum or use --consistency sync"
         );

@@ -15,4 +15,5 @@ pub use f32_bytes::{
     encode_bf16s_reusing, encode_f32s, encode_f32s_reusing,
 };
 
+pub mod auth;
 pub mod transport;

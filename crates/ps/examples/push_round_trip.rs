@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use downpour_proto::auth::{ClusterToken, authenticated};
 use downpour_proto::encode_f32s;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
@@ -18,10 +19,15 @@ const ROUND_TRIPS: usize = 500;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?.to_string();
-    tokio::spawn(downpour_ps::serve(listener, std::future::pending()));
+    let token = ClusterToken::random();
+    tokio::spawn(downpour_ps::serve(
+        listener,
+        token.clone(),
+        std::future::pending(),
+    ));
 
     let channel = connect_with_retry("parameter server", &address, Duration::from_secs(5)).await?;
-    let mut client = ParameterServerClient::new(channel)
+    let mut client = ParameterServerClient::new(authenticated(channel, &token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     client

@@ -30,8 +30,14 @@ impl fmt::Display for Consistency {
 
 /// A consistency mode that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown consistency mode `{0}`: expected async, sync or bounded:S with S a whole number")]
-pub struct ParseConsistencyError(String);
+pub enum ParseConsistencyError {
+    #[error("unknown consistency mode `{0}`: expected async, sync or bounded:S, such as bounded:2")]
+    Unknown(String),
+    #[error(
+        "`{0}` lacks a valid staleness bound: bounded mode needs S, a whole number of steps, such as bounded:2"
+    )]
+    InvalidBound(String),
+}
 
 impl FromStr for Consistency {
     type Err = ParseConsistencyError;
@@ -40,11 +46,12 @@ impl FromStr for Consistency {
         match text {
             "async" => Ok(Self::Async),
             "sync" => Ok(Self::Sync),
-            _ => text
+            _ if text.starts_with("bounded") => text
                 .strip_prefix("bounded:")
                 .and_then(|bound| bound.parse().ok())
                 .map(|bound| Self::Bounded { bound })
-                .ok_or_else(|| ParseConsistencyError(text.to_owned())),
+                .ok_or_else(|| ParseConsistencyError::InvalidBound(text.to_owned())),
+            _ => Err(ParseConsistencyError::Unknown(text.to_owned())),
         }
     }
 }
@@ -197,7 +204,7 @@ mod tests {
         }
         for bad in ["", "bsp", "bounded", "bounded:", "bounded:-1", "bounded:x"] {
             let error = bad.parse::<Consistency>().unwrap_err();
-            assert!(error.to_string().contains("bounded:S"), "{error}");
+            assert!(error.to_string().contains("bounded:2"), "{error}");
         }
     }
 

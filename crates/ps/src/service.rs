@@ -5,6 +5,7 @@ use std::future::Future;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use downpour_proto::auth::{ClusterToken, RequireToken};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
 use downpour_proto::v1::parameter_server_server::{ParameterServer, ParameterServerServer};
 use downpour_proto::v1::{
@@ -14,6 +15,7 @@ use downpour_proto::v1::{
 use downpour_proto::{decode_bf16s_into, decode_f32s, decode_f32s_into, encode_f32s};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -575,13 +577,14 @@ impl ParameterServer for ParameterServerService {
 }
 
 /// Serves the parameter server on `listener` until a client calls `Finish`
-/// or `shutdown` resolves.
+/// or `shutdown` resolves. Every request must carry `token`.
 ///
 /// # Errors
 ///
 /// Returns the transport error when the server fails.
 pub async fn serve(
     listener: TcpListener,
+    token: ClusterToken,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let service = ParameterServerService::new();
@@ -594,6 +597,7 @@ pub async fn serve(
     let server = ParameterServerServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = InterceptedService::new(server, RequireToken::new(&token, "parameter server"));
     server_builder()
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), async move {

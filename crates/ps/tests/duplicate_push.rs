@@ -2,19 +2,24 @@
 
 use std::future::pending;
 
+use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{InitRequest, OptimizerConfig, PullRequest, PushRequest};
 use downpour_proto::{decode_f32s, encode_f32s};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-async fn server() -> ParameterServerClient<Channel> {
+async fn server() -> ParameterServerClient<AuthChannel> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
-    tokio::spawn(downpour_ps::serve(listener, pending()));
-    let mut client = ParameterServerClient::connect(format!("http://{address}"))
+    let token = ClusterToken::random();
+    tokio::spawn(downpour_ps::serve(listener, token.clone(), pending()));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .expect("address")
+        .connect()
         .await
         .expect("connect");
+    let mut client = ParameterServerClient::new(authenticated(channel, &token));
     client
         .init(InitRequest {
             run_id: "duplicates".into(),
@@ -48,8 +53,16 @@ fn push(sequence: u64, version: u64) -> PushRequest {
 async fn same_push_twice_is_applied_once() {
     let mut client = server().await;
 
-    let first = client.push(push(1, 0)).await.expect("first push").into_inner();
-    let again = client.push(push(1, 0)).await.expect("second push").into_inner();
+    let first = client
+        .push(push(1, 0))
+        .await
+        .expect("first push")
+        .into_inner();
+    let again = client
+        .push(push(1, 0))
+        .await
+        .expect("second push")
+        .into_inner();
 
     assert!(first.applied);
     assert!(again.applied, "a duplicate is acknowledged");
@@ -73,7 +86,11 @@ async fn next_sequence_is_applied_after_a_duplicate() {
     client.push(push(1, 0)).await.expect("first push");
     client.push(push(1, 0)).await.expect("duplicate");
 
-    let next = client.push(push(2, 1)).await.expect("next push").into_inner();
+    let next = client
+        .push(push(2, 1))
+        .await
+        .expect("next push")
+        .into_inner();
 
     assert_eq!(next.version, 2);
     assert_eq!(decode_f32s(&next.params).expect("θ"), [-1.0, 4.0]);

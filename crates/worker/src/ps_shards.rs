@@ -6,16 +6,17 @@ use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
+use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::decode_f32s_into;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{GradientEncoding, PsShard, PullRequest, PushRequest};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
+use tracing::debug;
 
 use crate::error::WorkerError;
 
-type PsClient = ParameterServerClient<Channel>;
+type PsClient = ParameterServerClient<AuthChannel>;
 
 #[derive(Debug)]
 struct Server {
@@ -81,6 +82,7 @@ impl ParameterServers {
         parameters: usize,
         piece_values: usize,
         timeout: Duration,
+        token: &ClusterToken,
     ) -> Result<Self, WorkerError> {
         if let Some(overrides) = overrides
             && overrides.len() != shards.len()
@@ -105,7 +107,7 @@ impl ParameterServers {
             expected_offset = start + length;
             let address = overrides.map_or_else(|| shard.address.clone(), |o| o[index].clone());
             let channel = connect_with_retry("parameter server", &address, timeout).await?;
-            let client = ParameterServerClient::new(channel)
+            let client = ParameterServerClient::new(authenticated(channel, token))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             servers.push(Server {
@@ -120,9 +122,21 @@ impl ParameterServers {
                 "the parameter servers hold {expected_offset} values, but the model has {parameters}"
             )));
         }
+        let piece_values = piece_values.max(1);
+        for server in &servers {
+            let pieces = server.range.len().div_ceil(piece_values);
+            if pieces > 1 {
+                debug!(
+                    ps = %server.address,
+                    values = server.range.len(),
+                    pieces,
+                    "this server's range travels in pieces"
+                );
+            }
+        }
         Ok(Self {
             servers,
-            piece_values: piece_values.max(1),
+            piece_values,
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use downpour_data::{Dataset, shard, shard_file};
 use downpour_model::{Mlp, ModelDescription};
+use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
@@ -15,7 +16,6 @@ use downpour_proto::v1::{
     WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
-use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::error::WorkerError;
@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// How long to keep retrying the first connection to each peer.
     pub connect_timeout: Duration,
+    /// The secret every request carries.
+    pub token: ClusterToken,
 }
 
 /// Counts of the work a worker did, returned when the coordinator stops it.
@@ -47,7 +49,7 @@ pub struct WorkerReport {
     pub stop_reason: String,
 }
 
-type Coordinator = CoordinatorClient<Channel>;
+type Coordinator = CoordinatorClient<AuthChannel>;
 
 /// Runs a worker until the coordinator stops it or `shutdown` resolves.
 ///
@@ -69,7 +71,7 @@ pub async fn run(
 async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     let channel =
         connect_with_retry("coordinator", &config.coordinator, config.connect_timeout).await?;
-    let mut coordinator = CoordinatorClient::new(channel)
+    let mut coordinator = CoordinatorClient::new(authenticated(channel, &config.token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registration = coordinator
@@ -101,6 +103,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             values => usize::try_from(values).unwrap_or(usize::MAX),
         },
         config.connect_timeout,
+        &config.token,
     )
     .await?;
     info!(
@@ -109,8 +112,14 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         model = %description.spec,
         ps = %ps.addresses().join(","),
         push_every = registration.push_every,
-        fetch_every = registration.fetch_every,
-        encoding = encoding.as_str_name(),
+        fetch_every = %match registration.fetch_every {
+            0 => "with each push".to_owned(),
+            every => every.to_string(),
+        },
+        encoding = match encoding {
+            GradientEncoding::F32 => "f32",
+            GradientEncoding::Bf16 => "bf16",
+        },
         "registered with the coordinator"
     );
 
