@@ -79,6 +79,24 @@ impl Node {
         );
     }
 
+    /// Waits for a log line that contains `text` and returns it.
+    fn wait_for_line(&mut self, text: &str, deadline: Instant) -> String {
+        while Instant::now() < deadline {
+            let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            self.log.push(line.clone());
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!(
+            "{} never logged {text:?}:\n{}",
+            self.name,
+            self.log.join("\n")
+        );
+    }
+
     fn wait(&mut self, deadline: Instant) -> ExitStatus {
         loop {
             while let Ok(line) = self.lines.try_recv() {
@@ -108,6 +126,10 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 fn path_arg(path: &Path) -> &str {
@@ -248,4 +270,111 @@ fn separate_processes_train_mnist_subset() {
     let scored: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(scored["accuracy"].as_f64(), Some(accuracy));
     assert_eq!(scored["examples"].as_u64(), Some(2_000));
+}
+
+/// A parameter server killed with SIGKILL mid-run and restarted with
+/// `--restore` resumes at the version of its last checkpoint, the workers
+/// and the coordinator retry until it is back, and the run finishes.
+#[test]
+fn parameter_server_resumes_from_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 1_000);
+    let run_dir = dir.path().join("run");
+    let checkpoints = dir.path().join("checkpoints");
+    let ps_args = |address: &str| {
+        vec![
+            "ps".to_owned(),
+            "--listen".to_owned(),
+            address.to_owned(),
+            "--checkpoint-dir".to_owned(),
+            path_arg(&checkpoints).to_owned(),
+            "--checkpoint-every".to_owned(),
+            "50".to_owned(),
+        ]
+    };
+    let first_args = ps_args("127.0.0.1:0");
+    let mut ps = Node::start("ps", &refs(&first_args));
+    let ps_address = ps.listening_address();
+    let mut coordinator = Node::start(
+        "coordinator",
+        &[
+            "coordinator",
+            "--listen",
+            "127.0.0.1:0",
+            "--ps",
+            &ps_address,
+            "--data",
+            path_arg(&data),
+            "--validation-size",
+            "1000",
+            "--workers",
+            "2",
+            "--model",
+            "mlp:64",
+            "--eval-every",
+            "40",
+            "--patience",
+            "1000",
+            "--max-epochs",
+            "12",
+            "--run-dir",
+            path_arg(&run_dir),
+        ],
+    );
+    let coordinator_address = coordinator.listening_address();
+    let mut workers: Vec<Node> = (0..2)
+        .map(|_| Node::start("worker", &["worker", "--coordinator", &coordinator_address]))
+        .collect();
+
+    let deadline = Instant::now() + TIMEOUT;
+    let written = ps.wait_for_line("version=150", deadline);
+    assert!(written.contains("checkpoint written"), "{written}");
+    ps.child.kill().unwrap();
+    ps.child.wait().unwrap();
+
+    let mut restore_args = ps_args(&ps_address);
+    restore_args.push("--restore".to_owned());
+    let mut restored = Node::start("ps", &refs(&restore_args));
+    let line = restored.wait_for_line("restored from its checkpoint", deadline);
+    let version: u64 = line
+        .split("version=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(version >= 150, "{line}");
+    assert_eq!(
+        version % 50,
+        0,
+        "a checkpoint is written every 50 updates: {line}"
+    );
+
+    let status = coordinator.wait(deadline);
+    assert!(
+        status.success(),
+        "coordinator failed:\n{}",
+        coordinator.log.join("\n")
+    );
+    for worker in &mut workers {
+        let status = worker.wait(deadline);
+        assert!(
+            status.success(),
+            "worker failed:\n{}",
+            worker.log.join("\n")
+        );
+    }
+    let status = restored.wait(deadline);
+    assert!(
+        status.success(),
+        "restored server failed:\n{}",
+        restored.log.join("\n")
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["stop_reason"].as_str(), Some("max_epochs"));
+    assert!(summary["updates"].as_u64().unwrap() > version);
+    let accuracy = summary["test_accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.80, "test accuracy {accuracy}");
 }

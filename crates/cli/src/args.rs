@@ -155,6 +155,19 @@ pub struct PsArgs {
     /// Address to serve the parameter server on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:7001")]
     pub listen: String,
+    /// Folder for the server's checkpoint, `ps.safetensors`: θ, optimizer
+    /// state, version and applied sequence numbers [default: no
+    /// checkpoints].
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Updates between two checkpoints; one is also written when training
+    /// stops and when the server shuts down.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Resume from the checkpoint in --checkpoint-dir instead of waiting
+    /// for the coordinator's initial θ.
+    #[arg(long, requires = "checkpoint_dir")]
+    pub restore: bool,
     #[command(flatten)]
     pub token: TokenArgs,
 }

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use downpour_coordinator::{PreparedRun, RunSummary, prepare};
 use downpour_data::{checkpoint, mnist};
 use downpour_model::{Mlp, Workspace};
+use downpour_ps::{Checkpointing, ParameterServerService};
 use downpour_worker::WorkerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -176,10 +177,33 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// File name of a parameter server's checkpoint in `--checkpoint-dir`.
+const PS_CHECKPOINT: &str = "ps.safetensors";
+
 async fn ps(args: PsArgs) -> anyhow::Result<()> {
     let token = args.token.read()?;
+    if args.checkpoint_every == 0 {
+        bail!("--checkpoint-every must be at least 1 update, got 0");
+    }
+    let mut service = ParameterServerService::new();
+    if let Some(dir) = &args.checkpoint_dir {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "--checkpoint-dir {}: cannot create the folder",
+                dir.display()
+            )
+        })?;
+        let path = dir.join(PS_CHECKPOINT);
+        service = service.with_checkpointing(Checkpointing {
+            path: path.clone(),
+            every_updates: args.checkpoint_every,
+        });
+        if args.restore {
+            service = service.restore(&path)?;
+        }
+    }
     let listener = bind(&args.listen, "--listen").await?;
-    downpour_ps::serve(listener, token, shutdown_signal())
+    downpour_ps::serve_service(service, listener, token, shutdown_signal())
         .await
         .context("parameter server failed")?;
     Ok(())

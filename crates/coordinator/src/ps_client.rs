@@ -2,7 +2,7 @@
 //! each holding a contiguous range of θ.
 
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
@@ -12,12 +12,42 @@ use downpour_proto::v1::{
 };
 use downpour_proto::{decode_f32s_into, encode_f32s};
 use tokio::task::JoinSet;
+use tonic::{Code, Status};
 use tracing::warn;
 
 use crate::error::CoordinatorError;
 
 /// How long the coordinator keeps trying to reach each parameter server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the coordinator keeps retrying a pull from a parameter server
+/// that does not answer, as while it restarts from a checkpoint.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Pulls with `request`, retrying while the server is unreachable.
+async fn pull_with_retry(client: &mut PsClient, request: PullRequest) -> Result<PullReply, Status> {
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.pull(request).await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(status)
+                if matches!(status.code(), Code::Unavailable | Code::Unknown)
+                    && Instant::now() < deadline =>
+            {
+                warn!(
+                    code = ?status.code(),
+                    error = %status.message(),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "parameter server unreachable; retrying the pull"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
 
 type PsClient = ParameterServerClient<AuthChannel>;
 
@@ -151,8 +181,8 @@ impl ParameterServers {
                         offset: offset as u64,
                         length: if len <= piece { 0 } else { piece as u64 },
                     };
-                    match client.pull(request).await {
-                        Ok(reply) => replies.push(reply.into_inner()),
+                    match pull_with_retry(&mut client, request).await {
+                        Ok(reply) => replies.push(reply),
                         Err(status) => return (index, Err(status)),
                     }
                 }

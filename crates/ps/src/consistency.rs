@@ -128,6 +128,16 @@ impl StepClock {
         })
     }
 
+    /// Returns the minibatches per epoch of each worker's shard.
+    pub fn worker_batches(&self) -> &[u32] {
+        &self.worker_batches
+    }
+
+    /// Returns the minibatches per push.
+    pub fn push_every(&self) -> u32 {
+        self.push_every
+    }
+
     /// Number of workers in the run.
     pub fn workers(&self) -> usize {
         self.worker_batches.len()

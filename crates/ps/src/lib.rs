@@ -16,5 +16,5 @@ mod store;
 
 pub use consistency::{ClockError, Compensation, Consistency, ParseConsistencyError, StepClock};
 pub use optimizer::SgdConfig;
-pub use service::{ParameterServerService, serve};
-pub use store::{Accepted, ParamStore, Push, PushTotals, StoreError};
+pub use service::{Checkpointing, ParameterServerService, RestoreError, serve, serve_service};
+pub use store::{Accepted, CheckpointError, ParamStore, Push, PushTotals, StoreError};

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use downpour_proto::auth::{ClusterToken, RequireToken};
@@ -21,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::consistency::{Compensation, Consistency, StepClock};
 use crate::optimizer::SgdConfig;
-use crate::store::{Accepted, ParamStore, Push, PushTotals, StoreError};
+use crate::store::{Accepted, CheckpointError, ParamStore, Push, PushTotals, StoreError};
 
 /// Shared state behind the service: the store, once initialised, and a
 /// reusable buffer for decoding gradients.
@@ -98,12 +100,47 @@ impl Pieces {
     }
 }
 
+/// Where and how often a parameter server writes its checkpoint.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    /// The checkpoint file, replaced atomically on every write.
+    pub path: PathBuf,
+    /// Updates between two checkpoints.
+    pub every_updates: u64,
+}
+
+/// The checkpoint policy and the state of the background writer.
+#[derive(Debug)]
+struct CheckpointWriter {
+    settings: Checkpointing,
+    /// Version of the last checkpoint started.
+    last_version: AtomicU64,
+    /// Held while a checkpoint is written, so that writes never overlap.
+    busy: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A checkpoint that `--restore` cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{}: cannot read the checkpoint: {error}; start without --restore to begin a new run", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {error}; remove it or start without --restore", path.display())]
+    Invalid {
+        path: PathBuf,
+        error: CheckpointError,
+    },
+}
+
 /// The `ParameterServer` gRPC service.
 #[derive(Debug, Clone)]
 pub struct ParameterServerService {
     state: Arc<Mutex<State>>,
     version: watch::Sender<VersionState>,
     finished: Arc<Notify>,
+    checkpoint: Option<Arc<CheckpointWriter>>,
 }
 
 /// The state that long-polling pulls and held pushes wait on.
@@ -130,7 +167,114 @@ impl ParameterServerService {
             state: Arc::default(),
             version: watch::Sender::new(VersionState::default()),
             finished: Arc::new(Notify::new()),
+            checkpoint: None,
         }
+    }
+
+    /// Writes a checkpoint every `settings.every_updates` updates, after
+    /// training stops and when the server shuts down.
+    pub fn with_checkpointing(mut self, settings: Checkpointing) -> Self {
+        self.checkpoint = Some(Arc::new(CheckpointWriter {
+            settings,
+            last_version: AtomicU64::new(0),
+            busy: Arc::default(),
+        }));
+        self
+    }
+
+    /// Loads θ, the optimizer state and the push bookkeeping from the
+    /// checkpoint at `path`, so that the server resumes at its version.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be read or is not a valid checkpoint.
+    pub fn restore(self, path: &Path) -> Result<Self, RestoreError> {
+        let bytes = std::fs::read(path).map_err(|error| RestoreError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        let store =
+            ParamStore::decode_checkpoint(&bytes).map_err(|error| RestoreError::Invalid {
+                path: path.to_owned(),
+                error,
+            })?;
+        let version = store.version();
+        info!(
+            path = %path.display(),
+            run_id = store.run_id(),
+            version,
+            parameters = store.params().len(),
+            "parameter server restored from its checkpoint"
+        );
+        {
+            let mut state = self.lock();
+            state.gradient = vec![0.0; store.params().len()];
+            state.store = Some(store);
+        }
+        if let Some(writer) = &self.checkpoint {
+            writer.last_version.store(version, Ordering::Relaxed);
+        }
+        let min_done = self.lock().store.as_ref().map_or(0, ParamStore::min_done);
+        self.version.send_modify(|state| {
+            state.version = version;
+            state.min_done = min_done;
+        });
+        Ok(self)
+    }
+
+    /// Starts a checkpoint in the background when enough updates passed
+    /// since the last one and no write is under way.
+    fn maybe_checkpoint(&self, version: u64) {
+        let Some(writer) = &self.checkpoint else {
+            return;
+        };
+        let due = writer.settings.every_updates.max(1);
+        if version
+            < writer
+                .last_version
+                .load(Ordering::Relaxed)
+                .saturating_add(due)
+        {
+            return;
+        }
+        let Ok(guard) = writer.busy.clone().try_lock_owned() else {
+            return;
+        };
+        let Some((bytes, version)) = self.encode_checkpoint() else {
+            return;
+        };
+        writer.last_version.store(version, Ordering::Relaxed);
+        let path = writer.settings.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let _writing = guard;
+            write_checkpoint(&path, &bytes, version);
+        });
+    }
+
+    /// Writes a checkpoint now, after any write under way.
+    async fn checkpoint_now(&self) {
+        let Some(writer) = &self.checkpoint else {
+            return;
+        };
+        let guard = writer.busy.clone().lock_owned().await;
+        let Some((bytes, version)) = self.encode_checkpoint() else {
+            return;
+        };
+        writer.last_version.store(version, Ordering::Relaxed);
+        let path = writer.settings.path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _writing = guard;
+            write_checkpoint(&path, &bytes, version);
+        });
+        if let Err(error) = written.await {
+            warn!(%error, "checkpoint task failed");
+        }
+    }
+
+    fn encode_checkpoint(&self) -> Option<(Vec<u8>, u64)> {
+        let state = self.lock();
+        let store = state.store.as_ref()?;
+        Some((store.encode_checkpoint(), store.version()))
     }
 
     /// Resolves once a client has called `Finish`.
@@ -268,6 +412,15 @@ fn f32s_in_place(request: &PushRequest) -> Option<&[f32]> {
         return None;
     }
     bytemuck::try_cast_slice(&request.gradient).ok()
+}
+
+/// Writes checkpoint `bytes` to `path` through a temporary file, fsync and
+/// rename, so that the file at `path` is always a whole checkpoint.
+fn write_checkpoint(path: &Path, bytes: &[u8], version: u64) {
+    match downpour_data::atomic::write_atomic(path, bytes) {
+        Ok(()) => info!(path = %path.display(), version, bytes = bytes.len(), "checkpoint written"),
+        Err(error) => warn!(path = %path.display(), version, %error, "checkpoint not written"),
+    }
 }
 
 /// Number of values in a pushed gradient or piece.
@@ -470,6 +623,8 @@ impl ParameterServer for ParameterServerService {
                 watched.min_done = min_done;
                 changed
             });
+            drop(guard);
+            self.maybe_checkpoint(version);
             match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -552,6 +707,7 @@ impl ParameterServer for ParameterServerService {
         };
         info!(version, "training stopped; θ is frozen");
         self.version.send_modify(|state| state.stopped = true);
+        self.checkpoint_now().await;
         Ok(Response::new(StopTrainingReply { version }))
     }
 
@@ -567,6 +723,7 @@ impl ParameterServer for ParameterServerService {
             })
         };
         info!(version, "run finished; parameter server stopping");
+        self.checkpoint_now().await;
         self.version.send_modify(|state| {
             state.finished = true;
             state.stopped = true;
@@ -587,8 +744,23 @@ pub async fn serve(
     token: ClusterToken,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let service = ParameterServerService::new();
+    serve_service(ParameterServerService::new(), listener, token, shutdown).await
+}
+
+/// Serves `service`, as [`serve`] does, and writes its last checkpoint
+/// after the server stops when it has checkpointing on.
+///
+/// # Errors
+///
+/// Returns the transport error when the server fails.
+pub async fn serve_service(
+    service: ParameterServerService,
+    listener: TcpListener,
+    token: ClusterToken,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
     let finished = service.clone();
+    let last = service.clone();
     match listener.local_addr() {
         Ok(address) => info!(%address, "parameter server listening"),
         Err(error) => warn!(%error, "parameter server listening on an unknown address"),
@@ -598,7 +770,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = InterceptedService::new(server, RequireToken::new(&token, "parameter server"));
-    server_builder()
+    let served = server_builder()
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {
@@ -606,7 +778,9 @@ pub async fn serve(
                 () = shutdown => {}
             }
         })
-        .await
+        .await;
+    last.checkpoint_now().await;
+    served
 }
 
 #[cfg(test)]

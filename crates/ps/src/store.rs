@@ -131,6 +131,9 @@ struct Held {
     examples: u32,
     loss: f32,
     staleness: u64,
+    /// The worker's sequence record before this push, which a checkpoint
+    /// keeps, since a held push is not applied yet.
+    previous_sequence: Option<(u64, u64)>,
 }
 
 /// The pushes collected for the current step in sync mode, one slot per
@@ -455,6 +458,7 @@ impl ParamStore {
             examples: push.examples,
             loss: push.loss,
             staleness,
+            previous_sequence: self.sequences.get(&push.worker_id).copied(),
         });
 
         let ready_at = clock.done_after(push.worker_id, push.epoch, push.batch);
@@ -521,6 +525,247 @@ impl ParamStore {
         }
         Ok(())
     }
+}
+
+/// The name under which a checkpoint's metadata is stored.
+const CHECKPOINT_KEY: &str = "downpour.ps";
+/// Version of the checkpoint layout; a checkpoint of another is refused.
+const CHECKPOINT_FORMAT: u32 = 1;
+
+/// Everything in a checkpoint apart from θ and the momentum buffer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    format: u32,
+    run_id: String,
+    version: u64,
+    learning_rate: f32,
+    momentum: f32,
+    weight_decay: f32,
+    consistency: String,
+    worker_batches: Vec<u32>,
+    push_every: u32,
+    scale_by_staleness: bool,
+    dc_lambda: f32,
+    done: Vec<u64>,
+    /// Per worker: the highest applied sequence number and the version its
+    /// answer waited for.
+    sequences: Vec<(u32, u64, u64)>,
+    examples: u64,
+    loss_sum: f64,
+    pushes: u64,
+    staleness_sum: u64,
+    max_staleness: u64,
+    staleness_counts: Vec<(u64, u64)>,
+    pushes_by_worker: Vec<(u32, u64)>,
+    duplicates: u64,
+    diverged_at: Option<u64>,
+    /// CRC-32 of θ's bytes followed by the momentum buffer's.
+    crc32: u32,
+}
+
+/// A checkpoint that cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("not a parameter-server checkpoint: {0}")]
+    Format(String),
+    #[error("the checkpoint is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+impl ParamStore {
+    /// Encodes θ, the momentum buffer, the version, the settings, the
+    /// applied sequence numbers and the totals as a safetensors file. A
+    /// sync push held for an unfinished step is left out: it was never
+    /// acknowledged, and its worker sends it again.
+    pub fn encode_checkpoint(&self) -> Vec<u8> {
+        let held_previous: HashMap<u32, Option<(u64, u64)>> = self
+            .round
+            .iter()
+            .flat_map(|round| round.held.iter().enumerate())
+            .filter_map(|(worker, held)| held.map(|h| (worker as u32, h.previous_sequence)))
+            .collect();
+        let mut sequences: Vec<(u32, u64, u64)> = self
+            .sequences
+            .iter()
+            .filter_map(|(&worker, &record)| {
+                let record = match held_previous.get(&worker) {
+                    Some(previous) => (*previous)?,
+                    None => record,
+                };
+                Some((worker, record.0, record.1))
+            })
+            .collect();
+        sequences.sort_unstable();
+        let meta = CheckpointMeta {
+            format: CHECKPOINT_FORMAT,
+            run_id: self.run_id.clone(),
+            version: self.version,
+            learning_rate: self.sgd.learning_rate,
+            momentum: self.sgd.momentum,
+            weight_decay: self.sgd.weight_decay,
+            consistency: self.consistency.to_string(),
+            worker_batches: self
+                .clock
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.worker_batches().to_vec()),
+            push_every: self.clock.as_ref().map_or(1, StepClock::push_every),
+            scale_by_staleness: self.compensation.scale_by_staleness,
+            dc_lambda: self.compensation.dc_lambda,
+            done: self.done.clone(),
+            sequences,
+            examples: self.totals.examples,
+            loss_sum: self.totals.loss_sum,
+            pushes: self.totals.pushes,
+            staleness_sum: self.totals.staleness_sum,
+            max_staleness: self.totals.max_staleness,
+            staleness_counts: self.totals.staleness_counts.clone().into_iter().collect(),
+            pushes_by_worker: self.totals.pushes_by_worker.clone().into_iter().collect(),
+            duplicates: self.totals.duplicates,
+            diverged_at: self.diverged_at,
+            crc32: tensor_crc(&self.params, &self.velocity),
+        };
+        let metadata = HashMap::from([(
+            CHECKPOINT_KEY.to_owned(),
+            serde_json::to_string(&meta).expect("checkpoint metadata serializes"),
+        )]);
+        let shape = vec![self.params.len()];
+        let tensors = [
+            (
+                "theta",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape.clone(),
+                    bytemuck::cast_slice(&self.params),
+                )
+                .expect("θ matches its shape"),
+            ),
+            (
+                "velocity",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    shape,
+                    bytemuck::cast_slice(&self.velocity),
+                )
+                .expect("the momentum buffer matches its shape"),
+            ),
+        ];
+        safetensors::serialize(tensors, Some(metadata)).expect("in-memory serialization succeeds")
+    }
+
+    /// Restores a store from [`ParamStore::encode_checkpoint`]'s bytes.
+    ///
+    /// # Errors
+    ///
+    /// Rejects bytes that are not such a checkpoint, a layout of another
+    /// format version, and contents that do not fit together.
+    pub fn decode_checkpoint(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let format = |e: &dyn std::fmt::Display| CheckpointError::Format(e.to_string());
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format(&e))?;
+        let meta = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(CHECKPOINT_KEY))
+            .ok_or_else(|| format(&"no parameter-server metadata"))?;
+        let meta: CheckpointMeta = serde_json::from_str(meta).map_err(|e| format(&e))?;
+        if meta.format != CHECKPOINT_FORMAT {
+            return Err(CheckpointError::Format(format!(
+                "layout version {}, but this build reads version {CHECKPOINT_FORMAT}",
+                meta.format
+            )));
+        }
+        let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format(&e))?;
+        let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
+            let view = tensors.tensor(name).map_err(|e| format(&e))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape().len() != 1 {
+                return Err(CheckpointError::Format(format!(
+                    "tensor {name} is not a vector of f32"
+                )));
+            }
+            Ok(view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        let params = read("theta")?;
+        let velocity = read("velocity")?;
+        if tensor_crc(&params, &velocity) != meta.crc32 {
+            return Err(CheckpointError::Inconsistent(
+                "θ or the momentum buffer does not match the checksum written with them".to_owned(),
+            ));
+        }
+        if velocity.len() != params.len() {
+            return Err(CheckpointError::Inconsistent(format!(
+                "θ holds {} values but the momentum buffer {}",
+                params.len(),
+                velocity.len()
+            )));
+        }
+        let inconsistent = |e: &dyn std::fmt::Display| CheckpointError::Inconsistent(e.to_string());
+        let sgd = SgdConfig {
+            learning_rate: meta.learning_rate,
+            momentum: meta.momentum,
+            weight_decay: meta.weight_decay,
+        };
+        let consistency: Consistency = meta.consistency.parse().map_err(|e| inconsistent(&e))?;
+        let clock = if meta.worker_batches.is_empty() {
+            None
+        } else {
+            Some(
+                StepClock::new(meta.worker_batches, meta.push_every)
+                    .ok_or_else(|| inconsistent(&"invalid worker schedule"))?,
+            )
+        };
+        let mut store = Self::new(meta.run_id, params, sgd)
+            .map_err(|e| inconsistent(&e))?
+            .with_consistency(consistency, clock)
+            .map_err(|e| inconsistent(&e))?
+            .with_compensation(Compensation {
+                scale_by_staleness: meta.scale_by_staleness,
+                dc_lambda: meta.dc_lambda,
+            })
+            .map_err(|e| inconsistent(&e))?;
+        if !meta.done.is_empty() && meta.done.len() != store.done.len() {
+            return Err(inconsistent(&"progress of another number of workers"));
+        }
+        if !meta.done.is_empty() {
+            store.done = meta.done;
+        }
+        store.velocity = velocity;
+        store.version = meta.version;
+        store.diverged_at = meta.diverged_at;
+        store.sequences = meta
+            .sequences
+            .into_iter()
+            .map(|(worker, sequence, ready_at)| (worker, (sequence, ready_at)))
+            .collect();
+        store.totals = PushTotals {
+            examples: meta.examples,
+            loss_sum: meta.loss_sum,
+            pushes: meta.pushes,
+            updates: meta.version,
+            staleness_sum: meta.staleness_sum,
+            max_staleness: meta.max_staleness,
+            staleness_counts: meta.staleness_counts.into_iter().collect(),
+            pushes_by_worker: meta.pushes_by_worker.into_iter().collect(),
+            duplicates: meta.duplicates,
+        };
+        Ok(store)
+    }
+}
+
+/// CRC-32 of the little-endian bytes of `params` followed by `velocity`.
+fn tensor_crc(params: &[f32], velocity: &[f32]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if cfg!(target_endian = "little") {
+        hasher.update(bytemuck::cast_slice(params));
+        hasher.update(bytemuck::cast_slice(velocity));
+    } else {
+        for value in params.iter().chain(velocity) {
+            hasher.update(&value.to_le_bytes());
+        }
+    }
+    hasher.finalize()
 }
 
 /// Whether every value is finite. The loop has no early exit, so it
@@ -903,6 +1148,52 @@ mod tests {
         assert!(matches!(
             store.apply_push(next).unwrap(),
             Accepted::Applied { version: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn checkpoint_round_trip_restores_every_part() {
+        let mut store = store();
+        store
+            .apply_push(Push {
+                sequence: 1,
+                ..push(0, &[2.0, -2.0])
+            })
+            .unwrap();
+
+        let restored = ParamStore::decode_checkpoint(&store.encode_checkpoint()).unwrap();
+
+        assert_eq!(restored.params(), store.params());
+        assert_eq!(restored.velocity, store.velocity);
+        assert_eq!(restored.version(), 1);
+        assert_eq!(restored.run_id(), "run");
+        assert_eq!(restored.totals(), store.totals());
+        let mut restored = restored;
+        let again = Push {
+            sequence: 1,
+            ..push(0, &[2.0, -2.0])
+        };
+        assert_eq!(
+            restored.apply_push(again).unwrap(),
+            Accepted::Duplicate { ready_at: 0 }
+        );
+    }
+
+    #[test]
+    fn corrupt_checkpoints_are_refused() {
+        let bytes = store().encode_checkpoint();
+
+        assert!(ParamStore::decode_checkpoint(b"not a checkpoint").is_err());
+        assert!(ParamStore::decode_checkpoint(&bytes[..bytes.len() - 3]).is_err());
+        let mut header = bytes.clone();
+        header[9] ^= 0xff;
+        assert!(ParamStore::decode_checkpoint(&header).is_err());
+        let mut data = bytes.clone();
+        let last = data.len() - 1;
+        data[last] ^= 0x01;
+        assert!(matches!(
+            ParamStore::decode_checkpoint(&data),
+            Err(CheckpointError::Inconsistent(_))
         ));
     }
 }

@@ -2,8 +2,9 @@
 //! range of θ. Pulls and pushes go to every server at once; a range larger
 //! than one message travels in pieces, one after the other.
 
+use std::future::Future;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
@@ -12,7 +13,7 @@ use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{GradientEncoding, PsShard, PullRequest, PushRequest};
 use tokio::task::JoinSet;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::error::WorkerError;
 
@@ -52,6 +53,8 @@ pub(crate) struct PushOutcome {
     pub(crate) applied: bool,
     /// Training stopped on at least one server.
     pub(crate) training_stopped: bool,
+    /// A server is behind the worker's θ; the worker must pull θ again.
+    pub(crate) resync: bool,
 }
 
 /// Clients of every parameter server of the run, in θ order.
@@ -68,6 +71,9 @@ struct Pushed {
     version: u64,
     training_stopped: bool,
     applied: bool,
+    /// The server is at an older version than the worker's θ, as after a
+    /// restore from a checkpoint; the push was not applied.
+    resync: bool,
     /// θ of the server's range, in pieces; empty unless fetched.
     params: Vec<Bytes>,
 }
@@ -153,10 +159,14 @@ impl ParameterServers {
     ) -> Result<(), WorkerError> {
         let mut pulls = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
-            let mut client = server.client.clone();
+            let client = server.client.clone();
             let (len, piece) = (server.range.len(), self.piece_values);
             pulls.spawn(async move {
-                let pulled = pull_range(&mut client, worker_id, len, piece).await;
+                let pulled = with_retry("Pull", || {
+                    let mut client = client.clone();
+                    async move { pull_range(&mut client, worker_id, len, piece).await }
+                })
+                .await;
                 (index, pulled)
             });
         }
@@ -181,19 +191,21 @@ impl ParameterServers {
         let mut outcome = PushOutcome {
             applied: true,
             training_stopped: false,
+            resync: false,
         };
         if let [server] = self.servers.as_mut_slice() {
             let request = push_request(&gradient, server);
-            let pushed = push_range(
-                &mut server.client,
-                request,
-                server.range.len(),
-                self.piece_values,
-            )
+            let (len, piece) = (server.range.len(), self.piece_values);
+            let client = &server.client;
+            let pushed = with_retry("Push", || {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move { push_range(&mut client, request, len, piece).await }
+            })
             .await?;
             outcome.applied &= pushed.applied;
             outcome.training_stopped |= pushed.training_stopped;
-            if gradient.fetch {
+            outcome.resync |= pushed.resync;
+            if gradient.fetch && !pushed.resync {
                 decode_pieces(&pushed.params, params)?;
                 server.version = pushed.version;
             }
@@ -203,10 +215,14 @@ impl ParameterServers {
         let mut pushes = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let request = push_request(&gradient, server);
-            let mut client = server.client.clone();
+            let client = server.client.clone();
             let (len, piece) = (server.range.len(), self.piece_values);
             pushes.spawn(async move {
-                let pushed = push_range(&mut client, request, len, piece).await;
+                let pushed = with_retry("Push", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { push_range(&mut client, request, len, piece).await }
+                })
+                .await;
                 (index, pushed)
             });
         }
@@ -215,13 +231,61 @@ impl ParameterServers {
             let pushed = pushed?;
             outcome.applied &= pushed.applied;
             outcome.training_stopped |= pushed.training_stopped;
-            if gradient.fetch {
+            outcome.resync |= pushed.resync;
+            if gradient.fetch && !pushed.resync {
                 let server = &mut self.servers[index];
                 decode_pieces(&pushed.params, &mut params[server.range.clone()])?;
                 server.version = pushed.version;
             }
         }
         Ok(outcome)
+    }
+}
+
+impl Pushed {
+    fn resync() -> Self {
+        Self {
+            version: 0,
+            training_stopped: false,
+            applied: false,
+            resync: true,
+            params: Vec::new(),
+        }
+    }
+}
+
+/// How long a worker keeps retrying a parameter server that does not
+/// answer, as while it restarts from a checkpoint.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Runs `attempt` until it succeeds, fails for a reason other than an
+/// unreachable server, or [`RETRY_FOR`] passes, waiting longer after each
+/// failure.
+async fn with_retry<T, F, Fut>(call: &'static str, mut attempt: F) -> Result<T, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, WorkerError>>,
+{
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Err(WorkerError::Rpc { code, message, .. })
+                if matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown)
+                    && Instant::now() < deadline =>
+            {
+                warn!(
+                    call,
+                    ?code,
+                    %message,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "parameter server unreachable; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -264,15 +328,18 @@ async fn push_range(
     piece: usize,
 ) -> Result<Pushed, WorkerError> {
     if len <= piece {
-        let reply = client
-            .push(request)
-            .await
-            .map_err(WorkerError::rpc("Push"))?
-            .into_inner();
+        let reply = match client.push(request).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::OutOfRange => {
+                return Ok(Pushed::resync());
+            }
+            Err(status) => return Err(WorkerError::rpc("Push")(status)),
+        };
         return Ok(Pushed {
             version: reply.version,
             training_stopped: reply.training_stopped,
             applied: reply.applied,
+            resync: false,
             params: vec![reply.params],
         });
     }
@@ -288,19 +355,20 @@ async fn push_range(
             return_params: false,
             ..request.clone()
         };
-        reply = Some(
-            client
-                .push(piece_request)
-                .await
-                .map_err(WorkerError::rpc("Push"))?
-                .into_inner(),
-        );
+        reply = match client.push(piece_request).await {
+            Ok(reply) => Some(reply.into_inner()),
+            Err(status) if status.code() == tonic::Code::OutOfRange => {
+                return Ok(Pushed::resync());
+            }
+            Err(status) => return Err(WorkerError::rpc("Push")(status)),
+        };
     }
     let reply = reply.unwrap_or_default();
     let mut pushed = Pushed {
         version: reply.version,
         training_stopped: reply.training_stopped,
         applied: reply.applied,
+        resync: false,
         params: Vec::new(),
     };
     if request.return_params {

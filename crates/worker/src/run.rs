@@ -16,7 +16,7 @@ use downpour_proto::v1::{
     WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::WorkerError;
 use crate::ps_shards::{Gradient, ParameterServers, PushOutcome};
@@ -472,6 +472,13 @@ impl Session {
         }
         if outcome.applied {
             self.report.pushes += 1;
+        }
+        if outcome.resync {
+            warn!(
+                worker_id = self.worker_id,
+                "a parameter server is behind this worker's θ, as after a restore; pulling θ again"
+            );
+            self.pull(ps).await?;
         }
         Ok(outcome)
     }
