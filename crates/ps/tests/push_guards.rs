@@ -1,0 +1,161 @@
+//! Bad pushes get the matching gRPC status and leave θ unchanged, and many
+//! workers pushing at once lose no acknowledged update; all over real gRPC
+//! on 127.0.0.1.
+
+use std::future::pending;
+
+use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
+use downpour_proto::v1::parameter_server_client::ParameterServerClient;
+use downpour_proto::v1::{InitRequest, OptimizerConfig, PullRequest, PushRequest};
+use downpour_proto::{decode_f32s, encode_f32s};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = ParameterServerClient<AuthChannel>;
+
+const INITIAL: [f32; 3] = [1.0, 2.0, 3.0];
+
+/// Starts a server for `workers` workers with one minibatch per push and
+/// `batches` minibatches each, and returns a connected client.
+async fn server(workers: usize, batches: u32) -> Client {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let token = ClusterToken::random();
+    tokio::spawn(downpour_ps::serve(listener, token.clone(), pending()));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = ParameterServerClient::new(authenticated(channel, &token));
+    client
+        .init(InitRequest {
+            run_id: "guards".into(),
+            params: encode_f32s(&INITIAL),
+            optimizer: Some(OptimizerConfig {
+                learning_rate: 0.01,
+                momentum: 0.0,
+                weight_decay: 0.0,
+            }),
+            worker_batches: vec![batches; workers],
+            push_every: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("init");
+    client
+}
+
+fn push(worker_id: u32, sequence: u64, gradient: &[f32]) -> PushRequest {
+    PushRequest {
+        worker_id,
+        sequence,
+        gradient: encode_f32s(gradient),
+        examples: 64,
+        loss: 1.0,
+        ..Default::default()
+    }
+}
+
+async fn theta(client: &mut Client) -> (u64, Vec<f32>) {
+    let reply = client
+        .pull(PullRequest::default())
+        .await
+        .expect("pull")
+        .into_inner();
+    (reply.version, decode_f32s(&reply.params).expect("θ"))
+}
+
+#[tokio::test]
+async fn bad_pushes_get_their_status_and_leave_theta_alone() {
+    let mut client = server(2, 10).await;
+    let cases = [
+        (
+            "wrong length",
+            push(0, 1, &[1.0, 1.0]),
+            Code::InvalidArgument,
+        ),
+        (
+            "NaN",
+            push(0, 1, &[1.0, f32::NAN, 1.0]),
+            Code::InvalidArgument,
+        ),
+        (
+            "infinity",
+            push(0, 1, &[f32::INFINITY, 0.0, 0.0]),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown worker",
+            push(7, 1, &[1.0, 1.0, 1.0]),
+            Code::InvalidArgument,
+        ),
+        (
+            "future version",
+            PushRequest {
+                version: 5,
+                ..push(0, 1, &[1.0, 1.0, 1.0])
+            },
+            Code::OutOfRange,
+        ),
+        (
+            "misaligned bytes",
+            PushRequest {
+                gradient: vec![0u8; 7].into(),
+                ..push(0, 1, &[])
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+
+    for (case, request, code) in cases {
+        let status = client.push(request).await.expect_err(case);
+        assert_eq!(status.code(), code, "{case}: {status:?}");
+        assert_eq!(theta(&mut client).await, (0, INITIAL.to_vec()), "{case}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workers_lose_no_acknowledged_push() {
+    const WORKERS: u32 = 32;
+    const PUSHES: u64 = 50;
+    let client = server(WORKERS as usize, PUSHES as u32).await;
+
+    let mut tasks = JoinSet::new();
+    for worker in 0..WORKERS {
+        let mut client = client.clone();
+        tasks.spawn(async move {
+            let mut acknowledged = 0u64;
+            for sequence in 1..=PUSHES {
+                let request = PushRequest {
+                    batch: (sequence - 1) as u32,
+                    ..push(worker, sequence, &[1e-3, -1e-3, 0.0])
+                };
+                let reply = client.push(request).await.expect("push").into_inner();
+                if reply.applied {
+                    acknowledged += 1;
+                }
+            }
+            acknowledged
+        });
+    }
+    let mut acknowledged = 0;
+    while let Some(count) = tasks.join_next().await {
+        acknowledged += count.expect("push task");
+    }
+
+    let mut client = client;
+    let reply = client
+        .pull(PullRequest::default())
+        .await
+        .expect("pull")
+        .into_inner();
+    let totals = reply.totals.expect("totals");
+    assert_eq!(acknowledged, u64::from(WORKERS) * PUSHES);
+    assert_eq!(totals.pushes, acknowledged);
+    assert_eq!(reply.version, acknowledged);
+    assert_eq!(totals.pushes_by_worker.len(), WORKERS as usize);
+    assert!(totals.pushes_by_worker.values().all(|&n| n == PUSHES));
+}
