@@ -378,3 +378,129 @@ fn parameter_server_resumes_from_checkpoint() {
     let accuracy = summary["test_accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.80, "test accuracy {accuracy}");
 }
+
+/// Starts a parameter server, a coordinator for `workers` async workers
+/// and the workers, on 127.0.0.1, and returns them.
+fn start_cluster(
+    data: &Path,
+    run_dir: &Path,
+    workers: usize,
+    extra: &[&str],
+) -> (Node, Node, Vec<Node>) {
+    let mut ps = Node::start("ps", &["ps", "--listen", "127.0.0.1:0"]);
+    let ps_address = ps.listening_address();
+    let workers_arg = workers.to_string();
+    let mut args = vec![
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--ps",
+        &ps_address,
+        "--data",
+        path_arg(data),
+        "--validation-size",
+        "1000",
+        "--workers",
+        &workers_arg,
+        "--model",
+        "mlp:64",
+        "--eval-every",
+        "40",
+        "--patience",
+        "1000",
+        "--run-dir",
+        path_arg(run_dir),
+    ];
+    args.extend_from_slice(extra);
+    let mut coordinator = Node::start("coordinator", &args);
+    let coordinator_address = coordinator.listening_address();
+    let nodes = (0..workers)
+        .map(|_| Node::start("worker", &["worker", "--coordinator", &coordinator_address]))
+        .collect();
+    (ps, coordinator, nodes)
+}
+
+fn read_summary(run_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// A worker killed with SIGKILL mid-run loses its lease, and its unfinished
+/// minibatches go to the other workers. Every finished epoch still uses
+/// every training example, and the run ends.
+#[test]
+fn killed_worker_loses_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 1_000);
+    let extra = ["--max-epochs", "6", "--lease-timeout", "1"];
+    let deadline = Instant::now() + TIMEOUT;
+
+    let clean_dir = dir.path().join("clean");
+    let (mut ps, mut coordinator, mut workers) = start_cluster(&data, &clean_dir, 3, &extra);
+    assert!(
+        coordinator.wait(deadline).success(),
+        "{}",
+        coordinator.log.join("\n")
+    );
+    for worker in &mut workers {
+        assert!(worker.wait(deadline).success(), "{}", worker.log.join("\n"));
+    }
+    assert!(ps.wait(deadline).success());
+    let clean = read_summary(&clean_dir);
+
+    let run_dir = dir.path().join("faulty");
+    let (mut ps, mut coordinator, mut workers) = start_cluster(&data, &run_dir, 3, &extra);
+    coordinator.wait_for_line("epoch complete", deadline);
+    // Mid-epoch, a worker most likely holds a range it has not finished.
+    thread::sleep(Duration::from_millis(150));
+    let mut victim = workers.remove(0);
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    let expired = coordinator.wait_for_line("worker lease expired", deadline);
+    eprintln!("{expired}");
+    assert!(
+        coordinator.wait(deadline).success(),
+        "{}",
+        coordinator.log.join("\n")
+    );
+    for worker in &mut workers {
+        assert!(worker.wait(deadline).success(), "{}", worker.log.join("\n"));
+    }
+    assert!(ps.wait(deadline).success());
+    let faulty = read_summary(&run_dir);
+
+    assert_eq!(faulty["stop_reason"].as_str(), Some("max_epochs"));
+    let usage = faulty["epoch_usage"].as_array().unwrap();
+    assert_eq!(usage.len(), 6, "{usage:?}");
+    for (epoch, used) in usage.iter().enumerate() {
+        assert_eq!(
+            used["examples"].as_u64(),
+            Some(5_000),
+            "epoch {epoch} did not use every example once: {used}"
+        );
+    }
+    let reassigned: u64 = usage
+        .iter()
+        .map(|u| u["reassigned_examples"].as_u64().unwrap())
+        .sum();
+    let leases_lost: u64 = faulty["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["leases_lost"].as_u64().unwrap())
+        .sum();
+    assert_eq!(leases_lost, 1);
+    let gap = clean["test_accuracy"].as_f64().unwrap() - faulty["test_accuracy"].as_f64().unwrap();
+    eprintln!(
+        "killed worker: examples per epoch {:?}, reassigned examples {reassigned}, updates lost 0, accuracy gap {:.4}",
+        usage
+            .iter()
+            .map(|u| u["examples"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        gap
+    );
+    assert!(
+        faulty["test_accuracy"].as_f64().unwrap() >= 0.80,
+        "{}",
+        faulty["test_accuracy"]
+    );
+}

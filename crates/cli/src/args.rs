@@ -102,6 +102,10 @@ pub struct TrainingArgs {
     /// Push gradients as bfloat16, half the bytes of f32.
     #[arg(long)]
     pub push_bf16: bool,
+    /// Seconds of silence after which a worker loses its lease; in async
+    /// mode its unfinished minibatches then go to the other workers.
+    #[arg(long, default_value_t = defaults::LEASE_TIMEOUT_SECS)]
+    pub lease_timeout: f64,
     /// Largest piece of θ or of a gradient in one gRPC message, in MiB,
     /// from 1 to 255; larger ranges travel in several messages.
     #[arg(long, default_value_t = 4)]
@@ -274,6 +278,9 @@ impl TrainingArgs {
             fetch_every: self.fetch_every,
             push_bf16: self.push_bf16,
             piece_values: self.piece_mib.saturating_mul(1 << 20) / 4,
+            // Out-of-range values become 0 here, which validation rejects.
+            lease_timeout: std::time::Duration::try_from_secs_f64(self.lease_timeout)
+                .unwrap_or_default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Settings of a training run, with their defaults and validation.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use downpour_model::ModelSpec;
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES};
@@ -28,6 +29,8 @@ pub mod defaults {
     pub const CONSISTENCY: &str = "async";
     pub const PUSH_EVERY: u32 = 1;
     pub const FETCH_EVERY: u32 = 1;
+    /// Seconds of silence after which a worker loses its lease.
+    pub const LEASE_TIMEOUT_SECS: f64 = 60.0;
 }
 
 /// Everything the coordinator needs to run one training job.
@@ -69,6 +72,9 @@ pub struct CoordinatorConfig {
     /// Most values of θ or of a gradient in one message; larger ranges
     /// travel in pieces.
     pub piece_values: usize,
+    /// A worker silent this long loses its lease, and in async mode its
+    /// unfinished minibatches go to the other workers.
+    pub lease_timeout: Duration,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -106,6 +112,8 @@ pub enum ConfigError {
     FetchEveryWithSync(u32),
     #[error("--piece-mib must be at least 1 and below {max}, got {mib}")]
     InvalidPieceSize { mib: f64, max: usize },
+    #[error("--lease-timeout must be at least 0.1 seconds, got {0}")]
+    ShortLease(f64),
     #[error("--target-accuracy must be in (0, 1], got {0}")]
     InvalidTargetAccuracy(f64),
     #[error(
@@ -145,6 +153,7 @@ impl CoordinatorConfig {
             fetch_every: defaults::FETCH_EVERY,
             push_bf16: false,
             piece_values: DEFAULT_PIECE_VALUES,
+            lease_timeout: Duration::from_secs_f64(defaults::LEASE_TIMEOUT_SECS),
         }
     }
 
@@ -202,6 +211,9 @@ impl CoordinatorConfig {
                 mib: self.piece_values as f64 * 4.0 / f64::from(1 << 20),
                 max: MAX_MESSAGE_BYTES >> 20,
             });
+        }
+        if self.lease_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::ShortLease(self.lease_timeout.as_secs_f64()));
         }
         if let Some(target) = self.target_accuracy
             && !(target > 0.0 && target <= 1.0)

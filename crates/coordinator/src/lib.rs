@@ -34,4 +34,4 @@ pub use run_dir::{
     StalenessSummary,
 };
 pub use schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
-pub use service::WorkerRecord;
+pub use service::{EpochUsage, WorkerRecord};

@@ -91,11 +91,13 @@ pub async fn run(
             }),
     );
 
+    let leases = tokio::spawn(expire_leases(shared.clone()));
     let outcome = tokio::select! {
         outcome = drive(prepared, &shared, &mut run_dir, &token) => outcome,
         () = shutdown => Err(CoordinatorError::Interrupted),
     };
 
+    leases.abort();
     let _ = stop_server.send(());
     match server.await {
         Ok(Ok(())) => {}
@@ -144,6 +146,10 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
             GradientEncoding::F32
         },
         piece_values: prepared.config.piece_values,
+        // Only async mode can hand a lost worker's minibatches to others:
+        // in bounded and sync modes the others wait for its own pushes.
+        lease_timeout: (prepared.config.consistency == Consistency::Async)
+            .then_some(prepared.config.lease_timeout),
     }
 }
 
@@ -412,6 +418,7 @@ async fn drive(
         pushes: totals.pushes,
         examples,
         duplicate_pushes: totals.duplicates,
+        epoch_usage: shared.lock().epochs.clone(),
         stop_reason: stop_reason.to_owned(),
         evaluations,
         wall_seconds,
@@ -460,6 +467,19 @@ async fn drive(
     Ok(summary)
 }
 
+/// Takes the leases of silent workers, checking four times per lease
+/// timeout, until the task is aborted.
+async fn expire_leases(shared: Arc<Shared>) {
+    let Some(timeout) = shared.info.lease_timeout else {
+        return;
+    };
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(25)));
+    loop {
+        tick.tick().await;
+        shared.expire_leases();
+    }
+}
+
 /// Logs a warning for settings under which stale gradients may stall
 /// training. Stale gradients act like extra momentum. On MNIST with
 /// momentum 0.9, async training stalled from 4 workers up, while staleness
@@ -492,8 +512,8 @@ fn warn_stalled(shared: &Shared, next_eval: u64) {
             )
         })
         .collect();
-    // NOTE: a worker that died keeps its shard, so the run cannot finish
-    // without it; nothing reassigns the shard yet.
+    // NOTE: in bounded and sync modes leases are off, so a worker that died
+    // keeps its shard and the run cannot finish without it.
     warn!(
         waiting_for_update = next_eval,
         epoch = inner.schedule.epoch(),

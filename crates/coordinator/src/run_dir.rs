@@ -14,7 +14,7 @@ use downpour_model::ModelDescription;
 use serde::Serialize;
 
 use crate::error::CoordinatorError;
-use crate::service::WorkerRecord;
+use crate::service::{EpochUsage, WorkerRecord};
 
 /// One row of `events.jsonl`, written after each validation pass.
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +80,9 @@ pub struct RunSummary {
     pub examples: u64,
     /// Pushes delivered again and acknowledged without being applied twice.
     pub duplicate_pushes: u64,
+    /// Per epoch, the training examples in completed ranges, and those
+    /// handed out again after a worker's lease expired.
+    pub epoch_usage: Vec<EpochUsage>,
     /// `early_stopping`, `target_accuracy` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,

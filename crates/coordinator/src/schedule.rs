@@ -109,6 +109,24 @@ impl WorkSchedule {
         }
     }
 
+    /// Returns the first minibatch of `shard` not yet reported complete in
+    /// this epoch.
+    pub fn first_undone(&self, shard: u32) -> u32 {
+        self.shards.get(shard as usize).map_or(0, |p| p.done)
+    }
+
+    /// Returns the minibatches of `shard` that were handed out but not
+    /// completed to the pool, so that they are handed out again, and
+    /// returns how many there were.
+    pub fn release(&mut self, shard: u32) -> u32 {
+        let Some(progress) = self.shards.get_mut(shard as usize) else {
+            return 0;
+        };
+        let released = progress.next - progress.done;
+        progress.next = progress.done;
+        released
+    }
+
     /// Hands out the next range of `shard`'s minibatches.
     pub fn next_work(&mut self, shard: u32) -> Assignment {
         if let Some(reason) = &self.stop_reason {
@@ -284,5 +302,19 @@ mod tests {
             schedule.next_work(0),
             Assignment::Stop("early_stopping".to_owned())
         );
+    }
+
+    #[test]
+    fn released_ranges_are_handed_out_again() {
+        let mut schedule = WorkSchedule::new(&[10], 2, 4);
+        let first = work(schedule.next_work(0));
+        schedule.complete(first).unwrap();
+        let lost = work(schedule.next_work(0));
+
+        assert_eq!(schedule.release(0), 4);
+
+        let again = work(schedule.next_work(0));
+        assert_eq!(again, lost);
+        assert_eq!(schedule.release(1), 0);
     }
 }

@@ -3,13 +3,14 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use downpour_proto::v1::coordinator_server::Coordinator;
 use downpour_proto::v1::{
-    CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkReply,
-    NextWorkRequest, RegisterReply, RegisterRequest, ShardChunk, StopReason, next_work_reply,
+    CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatReply,
+    HeartbeatRequest, NextWorkReply, NextWorkRequest, RegisterReply, RegisterRequest, ShardChunk,
+    StopReason, next_work_reply,
 };
 use serde::Serialize;
 use tokio::sync::watch;
@@ -30,7 +31,14 @@ const WAIT_MS: u32 = 10;
 pub struct WorkerRecord {
     pub id: u32,
     pub name: String,
-    pub shard: u32,
+    /// Shards the worker trains on: its own, plus those it took over from
+    /// workers whose lease expired.
+    pub shards: Vec<u32>,
+    /// Times this worker's lease expired.
+    pub leases_lost: u32,
+    /// The lease is expired and the worker has not registered again.
+    #[serde(skip)]
+    pub lease_lost: bool,
     /// Minibatches the worker reported complete.
     pub minibatches: u64,
     /// Training examples in those minibatches.
@@ -59,6 +67,8 @@ pub(crate) struct RunInfo {
     pub(crate) fetch_every: u32,
     pub(crate) push_encoding: GradientEncoding,
     pub(crate) piece_values: usize,
+    /// A worker silent this long loses its lease; `None` turns leases off.
+    pub(crate) lease_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -67,6 +77,21 @@ pub(crate) struct Inner {
     /// Set once θ is on the parameter server and every worker registered.
     pub(crate) started: bool,
     pub(crate) workers: Vec<WorkerRecord>,
+    /// Shards whose worker lost its lease and that no worker took over yet.
+    pub(crate) orphans: Vec<u32>,
+    /// Training examples used in each epoch, by index.
+    pub(crate) epochs: Vec<EpochUsage>,
+}
+
+/// The use of one epoch's training examples.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EpochUsage {
+    /// Examples in ranges reported complete.
+    pub examples: u64,
+    /// Examples in ranges handed to a worker whose lease then expired. They
+    /// were handed out again; pushes the lost worker made from them before
+    /// it went silent were applied too, so they may count twice.
+    pub reassigned_examples: u64,
 }
 
 /// State shared by the service and the driver.
@@ -90,6 +115,8 @@ impl Shared {
                 schedule,
                 started: false,
                 workers: Vec::new(),
+                orphans: Vec::new(),
+                epochs: Vec::new(),
             }),
             registered: watch::Sender::new(0),
             epochs_done: watch::Sender::new(false),
@@ -118,6 +145,54 @@ impl Shared {
         end - start
     }
 
+    /// Takes the lease of every worker silent for longer than the lease
+    /// timeout: its shards become orphans and their unfinished ranges go
+    /// back to the pool. Returns the ids of the workers that lost it.
+    pub(crate) fn expire_leases(&self) -> Vec<u32> {
+        let Some(timeout) = self.info.lease_timeout else {
+            return Vec::new();
+        };
+        let mut inner = self.lock();
+        if inner.schedule.stop_reason().is_some() {
+            return Vec::new();
+        }
+        let expired: Vec<u32> = inner
+            .workers
+            .iter()
+            .filter(|w| !w.lease_lost && !w.stop_sent && w.last_contact.elapsed() > timeout)
+            .map(|w| w.id)
+            .collect();
+        for &id in &expired {
+            // A worker that lost its lease counts as told to stop, so the
+            // end of the run does not wait for it.
+            self.stopped_workers.send_modify(|count| *count += 1);
+            let shards = std::mem::take(&mut inner.workers[id as usize].shards);
+            inner.workers[id as usize].lease_lost = true;
+            inner.workers[id as usize].leases_lost += 1;
+            let epoch = inner.schedule.epoch();
+            for shard in shards {
+                let first = inner.schedule.first_undone(shard);
+                let released = inner.schedule.release(shard);
+                let range = WorkRange {
+                    epoch,
+                    shard,
+                    first_batch: first,
+                    batch_count: released,
+                };
+                let examples = self.range_examples(&range);
+                usage(&mut inner.epochs, epoch).reassigned_examples += examples;
+                inner.orphans.push(shard);
+                warn!(
+                    worker_id = id,
+                    shard,
+                    minibatches_reassigned = released,
+                    "worker lease expired; its shard goes to the other workers"
+                );
+            }
+        }
+        expired
+    }
+
     fn record_stop_sent(&self, inner: &mut Inner, worker_id: u32) {
         if let Some(worker) = inner.workers.get_mut(worker_id as usize)
             && !worker.stop_sent
@@ -126,6 +201,37 @@ impl Shared {
             self.stopped_workers.send_modify(|count| *count += 1);
         }
     }
+}
+
+/// Returns the usage record of `epoch`, created on first use.
+fn usage(epochs: &mut Vec<EpochUsage>, epoch: u32) -> &mut EpochUsage {
+    let index = epoch as usize;
+    if epochs.len() <= index {
+        epochs.resize(index + 1, EpochUsage::default());
+    }
+    &mut epochs[index]
+}
+
+/// Picks the next range for `worker_id`: from its own shards first, then
+/// from a shard whose worker lost its lease, which it then takes over.
+fn next_assignment(inner: &mut Inner, worker_id: u32) -> Assignment {
+    let shards = inner.workers[worker_id as usize].shards.clone();
+    for shard in shards {
+        match inner.schedule.next_work(shard) {
+            Assignment::Wait => {}
+            other => return other,
+        }
+    }
+    while let Some(shard) = inner.orphans.pop() {
+        inner.workers[worker_id as usize].shards.push(shard);
+        info!(worker_id, shard, "worker takes over an orphaned shard");
+        if let assignment @ (Assignment::Work(_) | Assignment::Stop(_)) =
+            inner.schedule.next_work(shard)
+        {
+            return assignment;
+        }
+    }
+    inner.schedule.next_work(u32::MAX)
 }
 
 /// The `Coordinator` gRPC service.
@@ -188,23 +294,38 @@ impl Coordinator for CoordinatorService {
         let info = &self.shared.info;
         let mut inner = self.shared.lock();
         let id = inner.workers.len();
-        if id >= info.expected_workers {
+        let id = if id < info.expected_workers {
+            let id = id as u32;
+            inner.workers.push(WorkerRecord {
+                id,
+                name: name.clone(),
+                shards: vec![id],
+                leases_lost: 0,
+                lease_lost: false,
+                minibatches: 0,
+                examples: 0,
+                pushes: 0,
+                stop_sent: false,
+                last_contact: Instant::now(),
+            });
+            id
+        } else if let Some(record) = inner.workers.iter_mut().find(|w| w.lease_lost) {
+            // A worker that lost its lease, or a new one in its place, takes
+            // the slot; it picks up orphaned shards when it asks for work.
+            record.lease_lost = false;
+            self.shared
+                .stopped_workers
+                .send_modify(|count| *count = count.saturating_sub(1));
+            record.name.clone_from(&name);
+            record.last_contact = Instant::now();
+            info!(worker_id = record.id, name = %name, "worker registered again after its lease expired");
+            record.id
+        } else {
             return Err(Status::resource_exhausted(format!(
                 "the run already has all {} workers; start the coordinator with a larger --workers",
                 info.expected_workers
             )));
-        }
-        let id = id as u32;
-        inner.workers.push(WorkerRecord {
-            id,
-            name: name.clone(),
-            shard: id,
-            minibatches: 0,
-            examples: 0,
-            pushes: 0,
-            stop_sent: false,
-            last_contact: Instant::now(),
-        });
+        };
         let registered = inner.workers.len();
         // Published under the lock: two registrations racing could
         // otherwise publish their counts out of order and leave a stale one.
@@ -229,6 +350,9 @@ impl Coordinator for CoordinatorService {
             fetch_every: info.fetch_every,
             push_encoding: info.push_encoding.into(),
             piece_values: info.piece_values as u64,
+            lease_timeout_ms: info
+                .lease_timeout
+                .map_or(0, |timeout| timeout.as_millis() as u64),
         }))
     }
 
@@ -242,13 +366,17 @@ impl Coordinator for CoordinatorService {
             .workers
             .get_mut(worker_id as usize)
             .ok_or_else(|| unknown_worker(worker_id))?;
+        if worker.lease_lost {
+            return Ok(Response::new(NextWorkReply {
+                action: Some(next_work_reply::Action::LeaseLost(true)),
+            }));
+        }
         worker.last_contact = Instant::now();
-        let shard = worker.shard;
 
         let action = if !inner.started && inner.schedule.stop_reason().is_none() {
             next_work_reply::Action::WaitMs(WAIT_MS)
         } else {
-            match inner.schedule.next_work(shard) {
+            match next_assignment(&mut inner, worker_id) {
                 Assignment::Work(range) => next_work_reply::Action::Work(range_to_proto(range)),
                 Assignment::Wait => next_work_reply::Action::WaitMs(WAIT_MS),
                 Assignment::Stop(reason) => {
@@ -273,12 +401,22 @@ impl Coordinator for CoordinatorService {
             .workers
             .get_mut(request.worker_id as usize)
             .ok_or_else(|| unknown_worker(request.worker_id))?;
+        if worker.lease_lost {
+            info!(
+                worker_id = request.worker_id,
+                shard = range.shard,
+                "completion ignored: the worker's lease expired and its range went to others"
+            );
+            return Ok(Response::new(CompleteWorkReply {
+                lease_lost: true,
+                ..Default::default()
+            }));
+        }
         worker.last_contact = Instant::now();
-        let owned_shard = worker.shard;
-        if owned_shard != range.shard {
+        if !worker.shards.contains(&range.shard) {
             return Err(Status::permission_denied(format!(
-                "worker {} reported shard {}, but it owns shard {owned_shard}",
-                request.worker_id, range.shard
+                "worker {} reported shard {}, but it trains on shards {:?}",
+                request.worker_id, range.shard, worker.shards
             )));
         }
 
@@ -290,6 +428,7 @@ impl Coordinator for CoordinatorService {
             }
         };
         let examples = self.shared.range_examples(&range);
+        usage(&mut inner.epochs, range.epoch).examples += examples;
         if let Some(worker) = inner.workers.get_mut(request.worker_id as usize) {
             worker.minibatches += u64::from(range.batch_count);
             worker.examples += examples;
@@ -312,6 +451,25 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(CompleteWorkReply {
             stop: stop_reason.is_some(),
             stop_reason: stop_reason.unwrap_or_default(),
+            lease_lost: false,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        let mut inner = self.shared.lock();
+        let worker = inner
+            .workers
+            .get_mut(worker_id as usize)
+            .ok_or_else(|| unknown_worker(worker_id))?;
+        if !worker.lease_lost {
+            worker.last_contact = Instant::now();
+        }
+        Ok(Response::new(HeartbeatReply {
+            lease_lost: worker.lease_lost,
         }))
     }
 

@@ -100,7 +100,7 @@ impl Pieces {
     }
 }
 
-/// Where and how often a parameter server writes its checkpoint.
+/// The file and the interval of a parameter server's checkpoints.
 #[derive(Debug, Clone)]
 pub struct Checkpointing {
     /// The checkpoint file, replaced atomically on every write.

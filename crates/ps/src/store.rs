@@ -367,8 +367,14 @@ impl ParamStore {
                 index: index.unwrap_or_default(),
             });
         }
-        if let Some(clock) = &self.clock {
-            clock.check(push.worker_id, push.batch)?;
+        match &self.clock {
+            // In async mode a worker may train on the shard of a worker
+            // that lost its lease, so only its id is checked.
+            Some(_) if self.consistency == Consistency::Async => {
+                self.check_worker(push.worker_id)?;
+            }
+            Some(clock) => clock.check(push.worker_id, push.batch)?,
+            None => {}
         }
         let staleness = self.version - push.version;
 
@@ -389,13 +395,13 @@ impl ParamStore {
         self.totals.updates = self.version;
         self.record_sequence(push.worker_id, push.sequence, 0);
         let done = match &self.clock {
-            Some(clock) => {
+            Some(clock) if self.consistency != Consistency::Async => {
                 let done = clock.done_after(push.worker_id, push.epoch, push.batch);
                 let slot = &mut self.done[push.worker_id as usize];
                 *slot = (*slot).max(done);
                 done
             }
-            None => 0,
+            _ => 0,
         };
         self.check_finite()?;
         Ok(Accepted::Applied {

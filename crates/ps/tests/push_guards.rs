@@ -1,6 +1,6 @@
-//! Bad pushes get the matching gRPC status and leave θ unchanged, and many
-//! workers pushing at once lose no acknowledged update; all over real gRPC
-//! on 127.0.0.1.
+//! Bad pushes get the matching gRPC status and leave θ unchanged. Many
+//! workers pushing at once lose no acknowledged update. Both run over real
+//! gRPC on 127.0.0.1.
 
 use std::future::pending;
 
@@ -69,7 +69,7 @@ async fn theta(client: &mut Client) -> (u64, Vec<f32>) {
 }
 
 #[tokio::test]
-async fn bad_pushes_get_their_status_and_leave_theta_alone() {
+async fn bad_pushes_leave_theta_alone() {
     let mut client = server(2, 10).await;
     let cases = [
         (

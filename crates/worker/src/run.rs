@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -12,8 +13,8 @@ use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
-    CompleteWorkRequest, FetchShardRequest, GradientEncoding, NextWorkRequest, RegisterRequest,
-    WorkRange, next_work_reply,
+    CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatRequest, NextWorkRequest,
+    RegisterRequest, WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
 use tracing::{debug, info, warn};
@@ -150,13 +151,31 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             stop_reason: String::new(),
         },
     };
+    let heartbeat_id = Arc::new(AtomicU32::new(worker_id));
+    let heartbeats = (registration.lease_timeout_ms > 0).then(|| {
+        let period =
+            Duration::from_millis(registration.lease_timeout_ms / 4).max(Duration::from_millis(25));
+        tokio::spawn(send_heartbeats(
+            coordinator.clone(),
+            heartbeat_id.clone(),
+            period,
+        ))
+    });
+    let _stop_heartbeats = heartbeats.map(AbortOnDrop);
     loop {
+        let worker_id = session.worker_id;
         let reply = coordinator
             .next_work(NextWorkRequest { worker_id })
             .await
             .map_err(WorkerError::rpc("NextWork"))?
             .into_inner();
         match reply.action {
+            Some(next_work_reply::Action::LeaseLost(_)) => {
+                session
+                    .register_again(&mut coordinator, &config.name)
+                    .await?;
+                heartbeat_id.store(session.worker_id, Ordering::Relaxed);
+            }
             Some(next_work_reply::Action::Work(range)) => {
                 let outcome = session
                     .train_range(&mut coordinator, &mut ps, range)
@@ -174,6 +193,13 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     .await
                     .map_err(WorkerError::rpc("CompleteWork"))?
                     .into_inner();
+                if done.lease_lost {
+                    session
+                        .register_again(&mut coordinator, &config.name)
+                        .await?;
+                    heartbeat_id.store(session.worker_id, Ordering::Relaxed);
+                    continue;
+                }
                 if done.stop {
                     session.report.stop_reason = done.stop_reason;
                     break;
@@ -197,7 +223,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         }
     }
     info!(
-        worker_id,
+        worker_id = session.worker_id,
         minibatches = session.report.minibatches,
         examples = session.report.examples,
         reason = %session.report.stop_reason,
@@ -282,7 +308,68 @@ struct Session {
     report: WorkerReport,
 }
 
+/// Aborts a background task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease of the worker whose id `worker_id` holds, every
+/// `period`, for as long as the task runs.
+async fn send_heartbeats(
+    mut coordinator: Coordinator,
+    worker_id: Arc<AtomicU32>,
+    period: Duration,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let request = HeartbeatRequest {
+            worker_id: worker_id.load(Ordering::Relaxed),
+        };
+        match coordinator.heartbeat(request).await {
+            Ok(reply) if reply.get_ref().lease_lost => {
+                debug!("lease lost; the worker registers again at its next request");
+            }
+            Ok(_) => {}
+            Err(status) => debug!(error = %status.message(), "heartbeat failed"),
+        }
+    }
+}
+
 impl Session {
+    /// Registers again after the coordinator took this worker's lease, and
+    /// carries on with the id it hands out. θ is pulled again first.
+    async fn register_again(
+        &mut self,
+        coordinator: &mut Coordinator,
+        name: &str,
+    ) -> Result<(), WorkerError> {
+        warn!(
+            worker_id = self.worker_id,
+            "the coordinator took this worker's lease after a silence; registering again"
+        );
+        let registration = coordinator
+            .register(RegisterRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(WorkerError::rpc("Register"))?
+            .into_inner();
+        self.worker_id = registration.worker_id;
+        self.report.worker_id = registration.worker_id;
+        self.needs_pull = true;
+        self.since_fetch = 0;
+        if self.push_every > 1 {
+            self.accumulated.clear();
+        }
+        Ok(())
+    }
+
     fn trainer(&mut self) -> &mut Trainer {
         self.trainer
             .as_mut()
