@@ -504,3 +504,51 @@ fn killed_worker_loses_lease() {
         faulty["test_accuracy"]
     );
 }
+
+/// A worker stopped with SIGSTOP for longer than its lease loses it; after
+/// SIGCONT it is told so, registers again and the run finishes with every
+/// process exiting cleanly.
+#[test]
+fn paused_worker_registers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 1_000);
+    let run_dir = dir.path().join("run");
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut ps, mut coordinator, mut workers) = start_cluster(
+        &data,
+        &run_dir,
+        3,
+        &["--max-epochs", "8", "--lease-timeout", "1"],
+    );
+
+    coordinator.wait_for_line("epoch complete", deadline);
+    let pid = workers[0].child.id().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {name} {pid}");
+    };
+    signal("-STOP");
+    coordinator.wait_for_line("worker lease expired", deadline);
+    signal("-CONT");
+    workers[0].wait_for_line("registering again", deadline);
+
+    assert!(
+        coordinator.wait(deadline).success(),
+        "{}",
+        coordinator.log.join("\n")
+    );
+    for worker in &mut workers {
+        assert!(worker.wait(deadline).success(), "{}", worker.log.join("\n"));
+    }
+    assert!(ps.wait(deadline).success());
+    let summary = read_summary(&run_dir);
+    assert_eq!(summary["stop_reason"].as_str(), Some("max_epochs"));
+    let usage = summary["epoch_usage"].as_array().unwrap();
+    assert!(
+        usage.iter().all(|u| u["examples"].as_u64() == Some(5_000)),
+        "{usage:?}"
+    );
+}
