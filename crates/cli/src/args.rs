@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use downpour_coordinator::{CoordinatorConfig, defaults};
 use downpour_model::ModelSpec;
-use downpour_proto::auth::{ClusterToken, TokenError};
+use downpour_proto::auth::{ClusterToken, Tls, TokenError};
 use downpour_ps::{Compensation, Consistency};
 
 /// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
@@ -124,6 +124,17 @@ pub struct TokenArgs {
     /// [default: the DOWNPOUR_TOKEN environment variable].
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// PEM certificate of the authority that signed every role's
+    /// certificate; with --tls-cert and --tls-key, the roles talk TLS and
+    /// check each other's certificates.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate of this role, signed by --tls-ca.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +235,15 @@ impl TokenArgs {
     ///
     /// Fails when neither is set, or the token cannot be read or is invalid.
     pub fn read(&self) -> Result<ClusterToken, TokenError> {
-        ClusterToken::from_file_or_env(self.token_file.as_deref())
+        let token = ClusterToken::from_file_or_env(self.token_file.as_deref())?;
+        self.add_tls(token)
+    }
+
+    fn add_tls(&self, token: ClusterToken) -> Result<ClusterToken, TokenError> {
+        match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(token.with_tls(Tls::read(ca, cert, key)?)),
+            _ => Ok(token),
+        }
     }
 
     /// Reads the token as [`TokenArgs::read`] does, or makes a random one
@@ -235,7 +254,7 @@ impl TokenArgs {
     /// Fails when a given source cannot be read or holds an invalid token.
     pub fn read_or_random(&self) -> Result<ClusterToken, TokenError> {
         match self.read() {
-            Err(TokenError::Missing) => Ok(ClusterToken::random()),
+            Err(TokenError::Missing) => self.add_tls(ClusterToken::random()),
             other => other,
         }
     }

@@ -45,6 +45,8 @@ pub enum CoordinatorError {
         test: usize,
         train: usize,
     },
+    #[error("TLS settings cannot be used: {0}; check --tls-cert, --tls-key and --tls-ca")]
+    Tls(String),
     #[error("parameter server at {address}: {message}")]
     ParameterServer { address: String, message: String },
     #[error("coordinator server failed: {0}")]

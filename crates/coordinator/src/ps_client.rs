@@ -96,7 +96,7 @@ impl ParameterServers {
     ) -> Result<Self, CoordinatorError> {
         let mut servers = Vec::with_capacity(addresses.len());
         for (address, range) in addresses.iter().zip(ranges) {
-            let channel = connect_with_retry("parameter server", address, CONNECT_TIMEOUT)
+            let channel = connect_with_retry("parameter server", address, CONNECT_TIMEOUT, token)
                 .await
                 .map_err(|error| CoordinatorError::ParameterServer {
                     address: address.clone(),

@@ -83,13 +83,14 @@ pub async fn run(
         Ok(address) => info!(%address, "coordinator listening"),
         Err(error) => warn!(%error, "coordinator listening on an unknown address"),
     }
-    let server = tokio::spawn(
-        server_builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), async {
-                server_stopped.await.ok();
-            }),
-    );
+    let mut builder = server_builder(&token)
+        .map_err(|error| CoordinatorError::Tls(downpour_proto::transport::error_chain(&error)))?;
+    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
+        incoming(listener),
+        async {
+            server_stopped.await.ok();
+        },
+    ));
 
     let leases = tokio::spawn(expire_leases(shared.clone()));
     let outcome = tokio::select! {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, Identity};
 use tonic::{Request, Status};
 use tracing::warn;
 
@@ -18,13 +18,88 @@ pub const TOKEN_ENV: &str = "DOWNPOUR_TOKEN";
 /// Shortest token accepted, in bytes.
 const MIN_TOKEN_LEN: usize = 16;
 
-/// The shared secret of a cluster. `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ClusterToken(Arc<str>);
+/// The shared secret of a cluster, and the TLS material when the cluster
+/// uses TLS. `Debug` never prints the secret or the key.
+#[derive(Clone)]
+pub struct ClusterToken {
+    secret: Arc<str>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl PartialEq for ClusterToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.secret == other.secret
+    }
+}
+
+impl Eq for ClusterToken {}
 
 impl fmt::Debug for ClusterToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterToken(<redacted>)")
+        f.debug_struct("ClusterToken")
+            .field("secret", &"<redacted>")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// PEM files of one role: its certificate and key, and the certificate
+/// authority that signed every role's certificate. A server with them
+/// accepts only TLS clients that present a certificate from that
+/// authority, and a client checks the server's certificate against it.
+#[derive(Clone)]
+pub struct Tls {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tls(<certificates>)")
+    }
+}
+
+impl Tls {
+    /// Wraps PEM-encoded certificate authority, certificate and key.
+    pub fn from_pem(ca: Vec<u8>, cert: Vec<u8>, key: Vec<u8>) -> Self {
+        Self { ca, cert, key }
+    }
+
+    /// Reads the three PEM files.
+    ///
+    /// # Errors
+    ///
+    /// Names the file that cannot be read.
+    pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TokenError> {
+        let read = |path: &Path, flag: &'static str| {
+            std::fs::read(path).map_err(|error| TokenError::TlsFile {
+                flag,
+                path: path.to_owned(),
+                error,
+            })
+        };
+        Ok(Self {
+            ca: read(ca, "--tls-ca")?,
+            cert: read(cert, "--tls-cert")?,
+            key: read(key, "--tls-key")?,
+        })
+    }
+
+    /// Returns the server side: this role's identity, and client
+    /// certificates required from the authority.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+
+    /// Returns the client side: the authority to check servers against,
+    /// and this role's identity to present.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
     }
 }
 
@@ -48,6 +123,12 @@ pub enum TokenError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{flag} {}: cannot read it: {error}", path.display())]
+    TlsFile {
+        flag: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl ClusterToken {
@@ -68,7 +149,22 @@ impl ClusterToken {
                 source_name: source_name.to_owned(),
             });
         }
-        Ok(Self(token.into()))
+        Ok(Self {
+            secret: token.into(),
+            tls: None,
+        })
+    }
+
+    /// Adds TLS: every server of the cluster then serves TLS only, and every
+    /// client dials with it.
+    pub fn with_tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
+    }
+
+    /// Returns the TLS material, when the cluster uses TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_deref()
     }
 
     /// Reads the token from `file` when given, else from `DOWNPOUR_TOKEN`.
@@ -98,11 +194,14 @@ impl ClusterToken {
         use rand::Rng;
         let bytes: [u8; 24] = rand::rng().random();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Self(hex.into())
+        Self {
+            secret: hex.into(),
+            tls: None,
+        }
     }
 
     fn header(&self) -> String {
-        format!("Bearer {}", self.0)
+        format!("Bearer {}", self.secret)
     }
 }
 
@@ -211,8 +310,8 @@ mod tests {
 
     #[test]
     fn debug_output_hides_the_token() {
-        let token = ClusterToken::new("secret-secret-secret", "test").unwrap();
-        assert!(!format!("{token:?}").contains("secret"));
+        let token = ClusterToken::new("hunter2-hunter2-hunter2", "test").unwrap();
+        assert!(!format!("{token:?}").contains("hunter2"));
     }
 
     #[test]
@@ -228,7 +327,7 @@ mod tests {
             .unwrap();
         let refused = check.call(other).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        assert!(!refused.message().contains(&*token.0));
+        assert!(!refused.message().contains(&*token.secret));
 
         let missing = check.call(Request::new(())).unwrap_err();
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);

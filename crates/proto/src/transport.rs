@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::auth::ClusterToken;
+
 /// Largest gRPC message any Downpour service accepts or sends: 256 MiB.
 /// θ and gradients larger than one piece travel in several messages, so
 /// this does not bound the model size.
@@ -32,13 +34,22 @@ pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Returns a server builder with the shared HTTP/2 settings.
-pub fn server_builder() -> Server {
-    Server::builder()
+/// Returns a server builder with the shared HTTP/2 settings, serving TLS
+/// when `token` carries TLS material.
+///
+/// # Errors
+///
+/// Fails when the certificate or key cannot be used.
+pub fn server_builder(token: &ClusterToken) -> Result<Server, tonic::transport::Error> {
+    let builder = Server::builder()
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
-        .tcp_nodelay(true)
+        .tcp_nodelay(true);
+    match token.tls() {
+        Some(tls) => builder.tls_config(tls.server_config()),
+        None => Ok(builder),
+    }
 }
 
 /// An address that cannot be dialled.
@@ -72,6 +83,11 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 ///
 /// Returns an error when the address has no port or is not a valid URI.
 pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
+    endpoint_with_scheme(address, "http")
+}
+
+/// Like [`endpoint`], with `scheme` for a bare `HOST:PORT`.
+fn endpoint_with_scheme(address: &str, scheme: &str) -> Result<Endpoint, AddressError> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -79,7 +95,7 @@ pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
         if port.is_none_or(|port| port.parse::<u16>().is_err()) {
             return Err(AddressError::MissingPort(address.to_owned()));
         }
-        format!("http://{address}")
+        format!("{scheme}://{address}")
     };
     let endpoint = Endpoint::from_shared(uri).map_err(|source| AddressError::Invalid {
         address: address.to_owned(),
@@ -125,8 +141,17 @@ pub async fn connect_with_retry(
     role: &'static str,
     address: &str,
     timeout: Duration,
+    token: &ClusterToken,
 ) -> Result<Channel, ConnectError> {
-    let endpoint = endpoint(address)?;
+    let endpoint = match token.tls() {
+        Some(tls) => endpoint_with_scheme(address, "https")?
+            .tls_config(tls.client_config())
+            .map_err(|error| AddressError::Invalid {
+                address: address.to_owned(),
+                reason: format!("TLS settings: {}", error_chain(&error)),
+            })?,
+        None => endpoint(address)?,
+    };
     let started = Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
     loop {

@@ -26,7 +26,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::future::pending(),
     ));
 
-    let channel = connect_with_retry("parameter server", &address, Duration::from_secs(5)).await?;
+    let channel =
+        connect_with_retry("parameter server", &address, Duration::from_secs(5), &token).await?;
     let mut client = ParameterServerClient::new(authenticated(channel, &token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -770,7 +770,7 @@ pub async fn serve_service(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = InterceptedService::new(server, RequireToken::new(&token, "parameter server"));
-    let served = server_builder()
+    let served = server_builder(&token)?
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {

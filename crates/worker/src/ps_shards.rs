@@ -112,7 +112,7 @@ impl ParameterServers {
             }
             expected_offset = start + length;
             let address = overrides.map_or_else(|| shard.address.clone(), |o| o[index].clone());
-            let channel = connect_with_retry("parameter server", &address, timeout).await?;
+            let channel = connect_with_retry("parameter server", &address, timeout, token).await?;
             let client = ParameterServerClient::new(authenticated(channel, token))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -70,8 +70,13 @@ pub async fn run(
 }
 
 async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
-    let channel =
-        connect_with_retry("coordinator", &config.coordinator, config.connect_timeout).await?;
+    let channel = connect_with_retry(
+        "coordinator",
+        &config.coordinator,
+        config.connect_timeout,
+        &config.token,
+    )
+    .await?;
     let mut coordinator = CoordinatorClient::new(authenticated(channel, &config.token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
