@@ -22,8 +22,8 @@ use rcgen::{
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-/// A certificate authority and one certificate it signed for 127.0.0.1,
-/// as PEM: (authority, certificate, key).
+/// Makes a certificate authority and one certificate it signed for
+/// 127.0.0.1, and returns them as PEM: (authority, certificate, key).
 fn authority() -> (String, String, String) {
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -51,8 +51,8 @@ fn token_with(pem: &(String, String, String)) -> ClusterToken {
     ClusterToken::random().with_tls(Tls::from_pem(ca.into(), cert.into(), key.into()))
 }
 
-/// Pulls from the server at `address` over `channel` set up by `dial`, and
-/// returns whether the pull succeeded.
+/// Pulls over `channel`, when it connected, and returns whether the pull
+/// succeeded.
 async fn pull_succeeds(
     channel: Result<Channel, tonic::transport::Error>,
     token: &ClusterToken,
