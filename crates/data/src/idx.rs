@@ -44,6 +44,16 @@ pub struct IdxArray {
 /// [`DataError::TrailingData`] or [`DataError::DimensionsOverflow`].
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let bytes = fs::read(path).map_err(|error| DataError::io(path, error))?;
+    parse_idx(path, bytes)
+}
+
+/// Parses the bytes of an IDX file, gzipped or not, as [`read_idx`] does;
+/// `path` only names the file in errors.
+///
+/// # Errors
+///
+/// As [`read_idx`], apart from reading the file.
+pub fn parse_idx(path: &Path, bytes: Vec<u8>) -> Result<IdxArray> {
     if bytes.starts_with(&GZIP_MAGIC) {
         read_gzipped(path, &bytes)
     } else {

@@ -1,0 +1,11 @@
+//! Shard files as workers receive them: decoding never panics, and a shard
+//! that decodes has as many labels as examples.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(shard) = downpour_data::shard_file::decode(data) {
+        assert_eq!(shard.labels.len(), shard.len());
+    }
+});
