@@ -11,7 +11,7 @@ Two grids are built in:
                not seconds, so machine load changes the result less.
 
 Every run stops when the validation accuracy reaches --target (97.5% by
-default) or after --max-epochs; early stopping is off (patience 1000), so a
+default) or after --max-epochs. Early stopping is off (patience 1000), so a
 run that stalls goes on to the epoch limit. Each row gives the median over
 --runs runs.
 

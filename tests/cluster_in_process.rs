@@ -114,7 +114,12 @@ async fn three_workers_train_mnist_subset() {
     let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 2_000);
     let run_dir = dir.path().join("run");
 
-    let Cluster { summary, reports } = run_cluster(&data, &run_dir, 3, 1).await;
+    // Stale gradients from three asynchronous workers add to the momentum,
+    // and at 0.9 some runs on this small subset stalled below 80%.
+    let Cluster { summary, reports } = run_cluster_with(&data, &run_dir, 3, 1, |config| {
+        config.momentum = 0.5;
+    })
+    .await;
 
     // Accuracy well above the 10% of chance.
     let accuracy = summary.test_accuracy.expect("the subset has a test split");

@@ -1,4 +1,4 @@
-//! IDX files, raw or gzipped: parsing never panics, whatever the bytes.
+//! Feeds bytes to the IDX parser, raw or gzipped, and checks that it does not panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

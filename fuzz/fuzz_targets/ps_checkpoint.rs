@@ -1,5 +1,5 @@
-//! Parameter-server checkpoints: restoring never panics, and a restored
-//! store encodes to a checkpoint that restores to the same θ.
+//! Feeds bytes to the checkpoint decoder, and checks that it does not panic
+//! and that a restored store re-encodes to a checkpoint with the same θ.
 #![no_main]
 
 use downpour_ps::ParamStore;

@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     };
     match store.apply_push(push) {
         Ok(Accepted::Held { .. }) | Err(_) => {}
-        Ok(other) => panic!("a sync store answered {other:?}"),
+        Ok(other) => panic!("a sync store returned {other:?}"),
     }
     if store.version() == 0 {
         assert_eq!(store.params(), &before[..]);

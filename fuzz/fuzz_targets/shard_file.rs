@@ -1,5 +1,5 @@
-//! Shard files as workers receive them: decoding never panics, and a shard
-//! that decodes has as many labels as examples.
+//! Feeds bytes to the shard-file decoder workers use, and checks that it does
+//! not panic and that a decoded shard has as many labels as examples.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -81,7 +81,7 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = defaults::BATCHES_PER_WORK)]
     pub batches_per_work: u32,
     /// How pushes from different workers are ordered: `async` applies each
-    /// as it arrives; `bounded:S` holds a worker while it is more than S
+    /// as it arrives; `bounded:S` makes a worker wait while it is more than S
     /// pushes ahead of the slowest; `sync` averages one push per worker into
     /// each update.
     #[arg(long, default_value = defaults::CONSISTENCY, value_parser = parse_consistency)]
@@ -116,7 +116,7 @@ pub struct TrainingArgs {
     pub run_dir: Option<PathBuf>,
 }
 
-/// Where the cluster token comes from.
+/// The sources of the cluster token.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
     /// File holding the cluster token, a shared secret of at least 16
@@ -251,7 +251,7 @@ impl TokenArgs {
     ///
     /// # Errors
     ///
-    /// Fails when a given source cannot be read or holds an invalid token.
+    /// Fails when a given source cannot be read or contains an invalid token.
     pub fn read_or_random(&self) -> Result<ClusterToken, TokenError> {
         match self.read() {
             Err(TokenError::Missing) => self.add_tls(ClusterToken::random()),

@@ -114,7 +114,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             parameters: description.parameters,
         },
     )?;
-    // The coordinator holds θ₀ and the best θ; refuse a model whose θ
+    // The coordinator keeps θ₀ and the best θ, so reject a model whose θ
     // alone does not fit in the memory this machine has free.
     let theta_bytes = (description.parameters as u64).saturating_mul(4);
     if let Some(available) = available_memory_bytes()

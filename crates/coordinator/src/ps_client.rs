@@ -21,7 +21,7 @@ use crate::error::CoordinatorError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the coordinator keeps retrying a pull from a parameter server
-/// that does not answer, as while it restarts from a checkpoint.
+/// that does not reply, as while it restarts from a checkpoint.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Pulls with `request`, retrying while the server is unreachable.
@@ -146,8 +146,8 @@ impl ParameterServers {
         Ok(())
     }
 
-    /// Freezes θ on every server: no push is applied from now on, and
-    /// pushes waiting for other workers are answered.
+    /// Freezes θ on every server. No push is applied from now on, and
+    /// pushes waiting for other workers get their reply.
     pub(crate) async fn stop_training(&mut self) -> Result<(), CoordinatorError> {
         for server in &mut self.servers {
             server

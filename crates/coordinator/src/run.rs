@@ -368,8 +368,8 @@ async fn drive(
         }
         next_eval = (snapshot.version / config.eval_every + 1) * config.eval_every;
     };
-    // The schedule stops first, so that a worker whose push is answered
-    // with "training stopped" finds the stop when it asks for work.
+    // The schedule stops first, so that a worker whose push gets the reply
+    // "training stopped" finds the stop at its next work request.
     shared.lock().schedule.stop(stop_reason);
     // NOTE: in sync mode with several parameter servers, a server can apply
     // the last step before it stops while another drops it. θ read below

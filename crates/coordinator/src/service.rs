@@ -163,8 +163,8 @@ impl Shared {
             .map(|w| w.id)
             .collect();
         for &id in &expired {
-            // A worker that lost its lease counts as told to stop, so the
-            // end of the run does not wait for it.
+            // A worker that lost its lease counts as stopped, so the end of
+            // the run does not wait for it.
             self.stopped_workers.send_modify(|count| *count += 1);
             let shards = std::mem::take(&mut inner.workers[id as usize].shards);
             inner.workers[id as usize].lease_lost = true;
@@ -201,6 +201,14 @@ impl Shared {
             self.stopped_workers.send_modify(|count| *count += 1);
         }
     }
+}
+
+/// Returns the record of a registered worker.
+fn worker_mut(inner: &mut Inner, worker_id: u32) -> Result<&mut WorkerRecord, Status> {
+    inner
+        .workers
+        .get_mut(worker_id as usize)
+        .ok_or_else(|| unknown_worker(worker_id))
 }
 
 /// Returns the usage record of `epoch`, created on first use.
@@ -311,7 +319,7 @@ impl Coordinator for CoordinatorService {
             id
         } else if let Some(record) = inner.workers.iter_mut().find(|w| w.lease_lost) {
             // A worker that lost its lease, or a new one in its place, takes
-            // the slot; it picks up orphaned shards when it asks for work.
+            // the slot. It picks up orphaned shards at its next work request.
             record.lease_lost = false;
             self.shared
                 .stopped_workers
@@ -362,10 +370,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<NextWorkReply>, Status> {
         let worker_id = request.into_inner().worker_id;
         let mut inner = self.shared.lock();
-        let worker = inner
-            .workers
-            .get_mut(worker_id as usize)
-            .ok_or_else(|| unknown_worker(worker_id))?;
+        let worker = worker_mut(&mut inner, worker_id)?;
         if worker.lease_lost {
             return Ok(Response::new(NextWorkReply {
                 action: Some(next_work_reply::Action::LeaseLost(true)),
@@ -397,10 +402,7 @@ impl Coordinator for CoordinatorService {
         let request = request.into_inner();
         let range = range_from_proto(request.work)?;
         let mut inner = self.shared.lock();
-        let worker = inner
-            .workers
-            .get_mut(request.worker_id as usize)
-            .ok_or_else(|| unknown_worker(request.worker_id))?;
+        let worker = worker_mut(&mut inner, request.worker_id)?;
         if worker.lease_lost {
             info!(
                 worker_id = request.worker_id,
@@ -461,10 +463,7 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let worker_id = request.into_inner().worker_id;
         let mut inner = self.shared.lock();
-        let worker = inner
-            .workers
-            .get_mut(worker_id as usize)
-            .ok_or_else(|| unknown_worker(worker_id))?;
+        let worker = worker_mut(&mut inner, worker_id)?;
         if !worker.lease_lost {
             worker.last_contact = Instant::now();
         }

@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, Identity};
 use tonic::{Request, Status};
 use tracing::warn;
 
-/// Environment variable that holds the cluster token.
+/// Environment variable that contains the cluster token.
 pub const TOKEN_ENV: &str = "DOWNPOUR_TOKEN";
 
 /// Shortest token accepted, in bytes.

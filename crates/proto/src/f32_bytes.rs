@@ -100,11 +100,7 @@ pub fn decode_f32s_into(bytes: &[u8], out: &mut [f32]) -> Result<(), F32BytesErr
 /// Encodes f32 values as little-endian bfloat16, rounding each to the
 /// nearest representable value (ties to even).
 pub fn encode_bf16s(values: &[f32]) -> Bytes {
-    let mut out = vec![0u8; values.len() * 2];
-    for (pair, &value) in out.chunks_exact_mut(2).zip(values) {
-        pair.copy_from_slice(&half::bf16::from_f32(value).to_le_bytes());
-    }
-    Bytes::from(out)
+    encode_bf16s_reusing(values, &mut BytesMut::new())
 }
 
 /// Decodes little-endian bfloat16 bytes into `out`, which must have room for

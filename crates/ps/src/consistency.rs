@@ -4,13 +4,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// When the parameter server applies a push and answers it.
+/// When the parameter server applies a push and replies to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
-    /// Apply and answer every push as it arrives.
+    /// Apply and reply to every push as it arrives.
     #[default]
     Async,
-    /// Apply every push as it arrives, but hold the answer while the pusher
+    /// Apply every push as it arrives, but delay the reply while the pusher
     /// is more than `bound` steps ahead of the slowest worker.
     Bounded { bound: u64 },
     /// Average one push from every worker that has a minibatch at a step
@@ -102,7 +102,7 @@ pub enum ClockError {
 ///
 /// Worker `w` owns a shard of `worker_batches[w]` minibatches and pushes
 /// after every `push_every` of them and after its last. Step `s` of an epoch
-/// holds the pushes whose last minibatch lies in
+/// contains the pushes whose last minibatch lies in
 /// `s·push_every .. (s + 1)·push_every`. A worker with a shorter shard
 /// skips the last steps of each epoch; it counts as having done them once
 /// its shard is done, so it never holds the others back.

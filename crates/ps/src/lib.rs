@@ -4,7 +4,7 @@
 //! The server starts empty. The coordinator sends the initial θ, the
 //! optimizer settings and the consistency mode with `Init`. In async mode
 //! every `Push` is applied as it arrives and bumps the version by one; in
-//! bounded mode the answer to a push waits while the pusher is too far
+//! bounded mode the reply to a push waits while the pusher is too far
 //! ahead of the slowest worker; in sync mode the pushes of one step are
 //! averaged into one update. `StopTraining` freezes θ, and `Finish` ends the
 //! run and makes [`serve`] return.

@@ -295,14 +295,6 @@ impl ParameterServerService {
         Ok(state)
     }
 
-    /// Returns the consistency mode of the current run.
-    fn lock_consistency(&self) -> Consistency {
-        self.lock()
-            .store
-            .as_ref()
-            .map_or(Consistency::Async, ParamStore::consistency)
-    }
-
     /// Builds the reply to a push that came in after training stopped.
     fn stopped_reply(&self, request: &PushRequest) -> Result<PushReply, Status> {
         let state = self.lock();
@@ -359,7 +351,7 @@ fn totals_to_proto(totals: &PushTotals) -> downpour_proto::v1::PushTotals {
     }
 }
 
-/// Builds the store `Init` asks for, holding `params`.
+/// Builds the store an `Init` request describes, with θ = `params`.
 fn new_store(request: &InitRequest, params: Vec<f32>) -> Result<ParamStore, Status> {
     let optimizer = request
         .optimizer
@@ -431,7 +423,7 @@ fn gradient_values(request: &PushRequest) -> usize {
     }
 }
 
-/// Decodes a pushed gradient into `out` as its encoding says.
+/// Decodes a pushed gradient into `out` in its declared encoding.
 fn decode_gradient(request: &PushRequest, out: &mut [f32]) -> Result<(), Status> {
     let decoded = match GradientEncoding::try_from(request.encoding) {
         Ok(GradientEncoding::F32) => decode_f32s_into(&request.gradient, out),
@@ -556,7 +548,7 @@ impl ParameterServer for ParameterServerService {
 
     async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
         let request = request.into_inner();
-        let accepted = {
+        let (accepted, consistency) = {
             let mut guard = self.lock();
             let state = &mut *guard;
             let store = state.store.as_mut().ok_or_else(not_initialised)?;
@@ -616,6 +608,7 @@ impl ParameterServer for ParameterServerService {
                 batch: request.batch,
             };
             let accepted = store.apply_push(push);
+            let consistency = store.consistency();
             let (version, min_done) = (store.version(), store.min_done());
             self.version.send_if_modified(|watched| {
                 let changed = watched.version != version || watched.min_done != min_done;
@@ -626,7 +619,7 @@ impl ParameterServer for ParameterServerService {
             drop(guard);
             self.maybe_checkpoint(version);
             match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => (accepted, consistency),
                 Err(error) => {
                     warn!(worker_id = request.worker_id, %error, "push rejected");
                     return Err(error.into());
@@ -638,7 +631,7 @@ impl ParameterServer for ParameterServerService {
             Accepted::Applied {
                 staleness, done, ..
             } => {
-                let waited = match self.lock_consistency() {
+                let waited = match consistency {
                     Consistency::Bounded { bound } => Some(
                         self.wait_for(|state| {
                             state.min_done.saturating_add(bound) >= done || state.stopped

@@ -94,10 +94,10 @@ pub struct Push<'a> {
     pub batch: u32,
 }
 
-/// What became of an accepted push, and when its answer may go out.
+/// The outcome of an accepted push, and when its reply may be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
-    /// Applied to θ. In bounded mode the answer waits until
+    /// Applied to θ. In bounded mode the reply waits until
     /// [`ParamStore::min_done`] reaches `done − bound`.
     Applied {
         /// Version after the push.
@@ -108,7 +108,7 @@ pub enum Accepted {
         /// Steps the pusher has done, or 0 without a step clock.
         done: u64,
     },
-    /// Held for the other pushes of `step` (sync mode). The answer waits
+    /// Held for the other pushes of `step` (sync mode). The reply waits
     /// until the version reaches `ready_at`, the pusher's next step, so
     /// that it carries every update before that step, including steps that
     /// only longer shards take part in.
@@ -277,7 +277,7 @@ impl ParamStore {
     }
 
     /// Returns the steps done by the slowest worker (bounded mode), or `u64::MAX`
-    /// when no worker holds anyone back.
+    /// when no worker is behind.
     pub fn min_done(&self) -> u64 {
         self.done.iter().copied().min().unwrap_or(u64::MAX)
     }
@@ -314,8 +314,8 @@ impl ParamStore {
         }
     }
 
-    /// Records that `worker_id` now holds the current θ, when delay
-    /// compensation needs to know.
+    /// Records that `worker_id` now has the current θ, when delay
+    /// compensation uses it.
     pub fn record_sent(&mut self, worker_id: u32) {
         if self.compensation.dc_lambda == 0.0 {
             return;
@@ -325,7 +325,7 @@ impl ParamStore {
         sent.extend_from_slice(&self.params);
     }
 
-    /// Validates a push and applies it, or holds it for its sync step.
+    /// Validates a push and applies it, or keeps it for its sync step.
     ///
     /// # Errors
     ///
@@ -679,6 +679,7 @@ impl ParamStore {
                 meta.format
             )));
         }
+
         let tensors = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format(&e))?;
         let read = |name: &str| -> Result<Vec<f32>, CheckpointError> {
             let view = tensors.tensor(name).map_err(|e| format(&e))?;
@@ -693,6 +694,7 @@ impl ParamStore {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect())
         };
+
         let params = read("theta")?;
         let velocity = read("velocity")?;
         if tensor_crc(&params, &velocity) != meta.crc32 {
@@ -702,11 +704,12 @@ impl ParamStore {
         }
         if velocity.len() != params.len() {
             return Err(CheckpointError::Inconsistent(format!(
-                "θ holds {} values but the momentum buffer {}",
+                "θ contains {} values but the momentum buffer {}",
                 params.len(),
                 velocity.len()
             )));
         }
+
         let inconsistent = |e: &dyn std::fmt::Display| CheckpointError::Inconsistent(e.to_string());
         let sgd = SgdConfig {
             learning_rate: meta.learning_rate,
@@ -722,6 +725,7 @@ impl ParamStore {
                     .ok_or_else(|| inconsistent(&"invalid worker schedule"))?,
             )
         };
+
         let mut store = Self::new(meta.run_id, params, sgd)
             .map_err(|e| inconsistent(&e))?
             .with_consistency(consistency, clock)
@@ -731,12 +735,14 @@ impl ParamStore {
                 dc_lambda: meta.dc_lambda,
             })
             .map_err(|e| inconsistent(&e))?;
+
         if !meta.done.is_empty() && meta.done.len() != store.done.len() {
             return Err(inconsistent(&"progress of another number of workers"));
         }
         if !meta.done.is_empty() {
             store.done = meta.done;
         }
+
         store.velocity = velocity;
         store.version = meta.version;
         store.diverged_at = meta.diverged_at;
@@ -774,7 +780,7 @@ fn tensor_crc(params: &[f32], velocity: &[f32]) -> u32 {
     hasher.finalize()
 }
 
-/// Whether every value is finite. The loop has no early exit, so it
+/// Returns whether every value is finite. The loop has no early exit, so it
 /// compiles to vector instructions.
 fn all_finite(values: &[f32]) -> bool {
     // An f32 is infinite or NaN exactly when its exponent bits are all set.

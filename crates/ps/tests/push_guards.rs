@@ -1,6 +1,6 @@
-//! Bad pushes get the matching gRPC status and leave θ unchanged. Many
-//! workers pushing at once lose no acknowledged update. Both run over real
-//! gRPC on 127.0.0.1.
+//! Bad pushes get the matching gRPC status and leave θ unchanged, a push
+//! delivered twice is applied once, and many workers pushing at once lose
+//! no acknowledged update. All run over real gRPC on 127.0.0.1.
 
 use std::future::pending;
 
@@ -17,9 +17,9 @@ type Client = ParameterServerClient<AuthChannel>;
 
 const INITIAL: [f32; 3] = [1.0, 2.0, 3.0];
 
-/// Starts a server for `workers` workers with one minibatch per push and
-/// `batches` minibatches each, and returns a connected client.
-async fn server(workers: usize, batches: u32) -> Client {
+/// Starts a server on 127.0.0.1, initialises it with `init` and returns a
+/// connected client.
+async fn server(init: InitRequest) -> Client {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     let token = ClusterToken::random();
@@ -30,22 +30,26 @@ async fn server(workers: usize, batches: u32) -> Client {
         .await
         .expect("connect");
     let mut client = ParameterServerClient::new(authenticated(channel, &token));
+    client.init(init).await.expect("init");
     client
-        .init(InitRequest {
-            run_id: "guards".into(),
-            params: encode_f32s(&INITIAL),
-            optimizer: Some(OptimizerConfig {
-                learning_rate: 0.01,
-                momentum: 0.0,
-                weight_decay: 0.0,
-            }),
-            worker_batches: vec![batches; workers],
-            push_every: 1,
-            ..Default::default()
-        })
-        .await
-        .expect("init");
-    client
+}
+
+/// θ = `params` for plain SGD at `learning_rate`, for `workers` workers
+/// with one minibatch per push and `batches` minibatches each; 0 workers
+/// leaves the schedule out.
+fn init(params: &[f32], learning_rate: f32, workers: usize, batches: u32) -> InitRequest {
+    InitRequest {
+        run_id: "guards".into(),
+        params: encode_f32s(params),
+        optimizer: Some(OptimizerConfig {
+            learning_rate,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }),
+        worker_batches: vec![batches; workers],
+        push_every: 1,
+        ..Default::default()
+    }
 }
 
 fn push(worker_id: u32, sequence: u64, gradient: &[f32]) -> PushRequest {
@@ -70,7 +74,7 @@ async fn theta(client: &mut Client) -> (u64, Vec<f32>) {
 
 #[tokio::test]
 async fn bad_pushes_leave_theta_alone() {
-    let mut client = server(2, 10).await;
+    let mut client = server(init(&INITIAL, 0.01, 2, 10)).await;
     let cases = [
         (
             "wrong length",
@@ -118,10 +122,10 @@ async fn bad_pushes_leave_theta_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_workers_lose_no_acknowledged_push() {
+async fn many_workers_lose_no_push() {
     const WORKERS: u32 = 32;
     const PUSHES: u64 = 50;
-    let client = server(WORKERS as usize, PUSHES as u32).await;
+    let client = server(init(&INITIAL, 0.01, WORKERS as usize, PUSHES as u32)).await;
 
     let mut tasks = JoinSet::new();
     for worker in 0..WORKERS {
@@ -158,4 +162,67 @@ async fn many_workers_lose_no_acknowledged_push() {
     assert_eq!(reply.version, acknowledged);
     assert_eq!(totals.pushes_by_worker.len(), WORKERS as usize);
     assert!(totals.pushes_by_worker.values().all(|&n| n == PUSHES));
+}
+
+fn repeatable_push(sequence: u64, version: u64) -> PushRequest {
+    PushRequest {
+        worker_id: 3,
+        sequence,
+        version,
+        gradient: encode_f32s(&[2.0, -2.0]),
+        examples: 64,
+        loss: 1.0,
+        return_params: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn same_push_twice_applies_once() {
+    let mut client = server(init(&[1.0, 2.0], 0.5, 0, 0)).await;
+
+    let first = client
+        .push(repeatable_push(1, 0))
+        .await
+        .expect("first push")
+        .into_inner();
+    let again = client
+        .push(repeatable_push(1, 0))
+        .await
+        .expect("second push")
+        .into_inner();
+
+    assert!(first.applied);
+    assert!(again.applied, "a duplicate is acknowledged");
+    assert_eq!(first.version, 1);
+    assert_eq!(again.version, 1, "the duplicate did not bump the version");
+    assert_eq!(decode_f32s(&again.params).expect("θ"), [0.0, 3.0]);
+    let pulled = client
+        .pull(PullRequest::default())
+        .await
+        .expect("pull")
+        .into_inner();
+    let totals = pulled.totals.expect("totals");
+    assert_eq!(totals.pushes, 1);
+    assert_eq!(totals.duplicates, 1);
+    assert_eq!(decode_f32s(&pulled.params).expect("θ"), [0.0, 3.0]);
+}
+
+#[tokio::test]
+async fn next_sequence_applies_after_duplicate() {
+    let mut client = server(init(&[1.0, 2.0], 0.5, 0, 0)).await;
+    client
+        .push(repeatable_push(1, 0))
+        .await
+        .expect("first push");
+    client.push(repeatable_push(1, 0)).await.expect("duplicate");
+
+    let next = client
+        .push(repeatable_push(2, 1))
+        .await
+        .expect("next push")
+        .into_inner();
+
+    assert_eq!(next.version, 2);
+    assert_eq!(decode_f32s(&next.params).expect("θ"), [-1.0, 4.0]);
 }

@@ -33,8 +33,8 @@ struct Server {
 pub(crate) struct Gradient<'a> {
     pub(crate) worker_id: u32,
     pub(crate) sequence: u64,
-    /// The whole gradient, encoded as `encoding` says; each server gets its
-    /// range.
+    /// The whole gradient, encoded as `encoding` specifies. Each server gets
+    /// its range.
     pub(crate) bytes: &'a Bytes,
     pub(crate) encoding: GradientEncoding,
     pub(crate) examples: u32,
@@ -46,7 +46,7 @@ pub(crate) struct Gradient<'a> {
     pub(crate) fetch: bool,
 }
 
-/// What the servers said to a push.
+/// The servers' replies to a push, combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PushOutcome {
     /// Every server put the push into θ.
@@ -65,7 +65,7 @@ pub(crate) struct ParameterServers {
     piece_values: usize,
 }
 
-/// A server's answer to a push, and θ when it was asked for.
+/// A server's reply to a push, and θ when it was requested.
 #[derive(Debug)]
 struct Pushed {
     version: u64,
@@ -182,7 +182,7 @@ impl ParameterServers {
 
     /// Pushes each server its range of the gradient, tagged with the version
     /// that range was computed at, and writes the returned θ into `params`
-    /// when the gradient asks for it.
+    /// when the gradient requests it.
     pub(crate) async fn push(
         &mut self,
         gradient: Gradient<'_>,
@@ -255,7 +255,7 @@ impl Pushed {
 }
 
 /// How long a worker keeps retrying a parameter server that does not
-/// answer, as while it restarts from a checkpoint.
+/// reply, as while it restarts from a checkpoint.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Runs `attempt` until it succeeds, fails for a reason other than an
