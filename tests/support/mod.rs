@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part
 
+pub(crate) mod nodes;
+
 use std::path::{Path, PathBuf};
 
 use downpour_data::idx;

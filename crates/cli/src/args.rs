@@ -161,6 +161,12 @@ pub struct CoordinatorArgs {
     /// workers reach them; θ is split into one contiguous range per server.
     #[arg(long, default_value = "127.0.0.1:7001", value_delimiter = ',')]
     pub ps: Vec<String>,
+    /// Go on with the run in --run-dir, whose coordinator stopped before
+    /// the run finished, from its saved state (coordinator-state.json).
+    /// Start it with the same settings; the parameter servers must still
+    /// hold θ, or have restarted with --restore.
+    #[arg(long, requires = "run_dir")]
+    pub resume: bool,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -176,8 +182,10 @@ pub struct PsArgs {
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
     /// Updates between two checkpoints; one is also written when training
-    /// stops and when the server shuts down.
-    #[arg(long, default_value_t = 1000)]
+    /// stops and when the server shuts down. Workers keep their pushes
+    /// since the last checkpoint in memory, to send them again if the
+    /// server restarts, so a longer interval costs worker memory.
+    #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
     /// Resume from the checkpoint in --checkpoint-dir instead of waiting
     /// for the coordinator's initial θ.
@@ -300,6 +308,7 @@ impl TrainingArgs {
             // Out-of-range values become 0 here, which validation rejects.
             lease_timeout: std::time::Duration::try_from_secs_f64(self.lease_timeout)
                 .unwrap_or_default(),
+            resume: false,
         }
     }
 

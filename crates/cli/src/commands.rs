@@ -169,7 +169,8 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let token = args.token.read()?;
-    let prepared = prepare_run(&args.training, args.ps.clone()).await?;
+    let mut prepared = prepare_run(&args.training, args.ps.clone()).await?;
+    prepared.config.resume = args.resume;
     let run_dir = prepared.config.run_dir.clone();
     let listener = bind(&args.listen, "--listen").await?;
     let summary = downpour_coordinator::run(prepared, listener, token, shutdown_signal()).await?;

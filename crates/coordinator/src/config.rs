@@ -75,6 +75,9 @@ pub struct CoordinatorConfig {
     /// A worker silent this long loses its lease, and in async mode its
     /// unfinished minibatches go to the other workers.
     pub lease_timeout: Duration,
+    /// Go on with the run whose state `run_dir` holds, instead of starting
+    /// a new one.
+    pub resume: bool,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -154,6 +157,7 @@ impl CoordinatorConfig {
             push_bf16: false,
             piece_values: DEFAULT_PIECE_VALUES,
             lease_timeout: Duration::from_secs_f64(defaults::LEASE_TIMEOUT_SECS),
+            resume: false,
         }
     }
 

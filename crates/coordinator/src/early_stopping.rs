@@ -33,6 +33,16 @@ impl<T> EarlyStopping<T> {
         }
     }
 
+    /// Creates a tracker that goes on from a saved best error and snapshot,
+    /// `evaluations_since_best` passes after it.
+    pub fn resume(patience: u32, best: (f64, T), evaluations_since_best: u32) -> Self {
+        Self {
+            patience,
+            best: Some(best),
+            evaluations_since_best,
+        }
+    }
+
     /// Records a validation error. `snapshot` is called only when the error
     /// improves, so a caller copies θ only when it is kept.
     pub fn observe(&mut self, error: f64, snapshot: impl FnOnce() -> T) -> Verdict {

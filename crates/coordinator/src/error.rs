@@ -57,4 +57,15 @@ pub enum CoordinatorError {
     TooManyParameterServers { servers: usize, parameters: usize },
     #[error("interrupted before training finished")]
     Interrupted,
+    #[error("cannot resume from {}: {message}", path.display())]
+    Resume { path: PathBuf, message: String },
+}
+
+impl CoordinatorError {
+    pub(crate) fn resume(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Resume {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
 }

@@ -22,6 +22,7 @@ mod run;
 mod run_dir;
 mod schedule;
 mod service;
+mod state;
 
 pub use config::{ConfigError, CoordinatorConfig, defaults};
 pub use early_stopping::{EarlyStopping, Verdict};
@@ -35,3 +36,4 @@ pub use run_dir::{
 };
 pub use schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
 pub use service::{EpochUsage, WorkerRecord};
+pub use state::STATE_FILE;

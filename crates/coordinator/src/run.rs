@@ -30,7 +30,8 @@ use crate::run_dir::{
     StalenessSummary,
 };
 use crate::schedule::WorkSchedule;
-use crate::service::{CoordinatorService, RunInfo, Shared};
+use crate::service::{CoordinatorService, Persistence, RunInfo, Shared};
+use crate::state::{DriverProgress, Mark, RunIdentity, SavedState, state_path};
 
 /// How long the coordinator waits for every worker to learn that training
 /// stopped before it ends the run anyway.
@@ -59,21 +60,51 @@ pub async fn run(
     token: ClusterToken,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, CoordinatorError> {
-    let mut run_dir = RunDir::create(&prepared.config.run_dir)?;
-    run_dir.save_checkpoint(
-        INITIAL_CHECKPOINT,
-        &prepared.description,
-        &prepared.initial_params,
-    )?;
+    let identity = RunIdentity::of(&prepared.config);
+    let (mut run_dir, saved) = if prepared.config.resume {
+        let run_dir = RunDir::resume(&prepared.config.run_dir)?;
+        let saved = SavedState::load(run_dir.path(), &identity)?;
+        (run_dir, Some(saved))
+    } else {
+        let run_dir = RunDir::create(&prepared.config.run_dir)?;
+        run_dir.save_checkpoint(
+            INITIAL_CHECKPOINT,
+            &prepared.description,
+            &prepared.initial_params,
+        )?;
+        (run_dir, None)
+    };
 
+    let mut info = run_info(&prepared, &run_dir);
+    if let Some(saved) = &saved {
+        info.run_id.clone_from(&saved.run_id);
+    }
     let shared = Arc::new(Shared::new(
-        run_info(&prepared, &run_dir),
+        info,
         WorkSchedule::new(
             &prepared.batches_per_shard(),
             prepared.config.max_epochs,
             prepared.config.batches_per_work,
         ),
+        Some(Persistence::new(state_path(run_dir.path()), identity)),
     ));
+    if let Some(saved) = &saved {
+        shared
+            .restore(saved)
+            .map_err(|message| CoordinatorError::resume(state_path(run_dir.path()), message))?;
+        info!(
+            run_id = %saved.run_id,
+            epoch = saved.schedule.epoch + 1,
+            evaluations = saved.progress.evaluations,
+            workers = saved.workers.len(),
+            "resuming the run from the coordinator's saved state"
+        );
+    } else {
+        // The state exists from the start, so that a coordinator that dies
+        // before the first worker registers can resume too.
+        shared.save(&shared.lock(), true)?;
+    }
+    let resumed = saved.is_some();
     let service = CoordinatorServer::new(CoordinatorService::new(shared.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -94,7 +125,7 @@ pub async fn run(
 
     let leases = tokio::spawn(expire_leases(shared.clone()));
     let outcome = tokio::select! {
-        outcome = drive(prepared, &shared, &mut run_dir, &token) => outcome,
+        outcome = drive(prepared, &shared, &mut run_dir, &token, resumed) => outcome,
         () = shutdown => Err(CoordinatorError::Interrupted),
     };
 
@@ -222,21 +253,12 @@ struct BestSnapshot {
     epoch: f64,
 }
 
-/// Push totals at the previous validation pass.
-#[derive(Debug, Default, Clone, Copy)]
-struct Mark {
-    examples: u64,
-    loss_sum: f64,
-    pushes: u64,
-    staleness_sum: u64,
-    seconds: f64,
-}
-
 async fn drive(
     prepared: PreparedRun,
     shared: &Arc<Shared>,
     run_dir: &mut RunDir,
     token: &ClusterToken,
+    resumed: bool,
 ) -> Result<RunSummary, CoordinatorError> {
     let settings = init_settings(&prepared, &shared.info.run_id);
     let PreparedRun {
@@ -254,19 +276,37 @@ async fn drive(
     let mut servers =
         ParameterServers::connect(&config.ps_addresses, &ps_ranges, config.piece_values, token)
             .await?;
-    servers.init(&settings, &initial_params).await?;
-    info!(
-        servers = config.ps_addresses.len(),
-        consistency = %config.consistency,
-        "parameters initialised; waiting for workers"
-    );
+    if resumed {
+        // θ is on the servers already; a server that lost it must restart
+        // with --restore before the run can go on.
+        let snapshot = servers.pull(0).await?;
+        info!(
+            version = snapshot.version,
+            "parameter servers hold θ; waiting for workers"
+        );
+    } else {
+        servers.init(&settings, &initial_params).await?;
+        info!(
+            servers = config.ps_addresses.len(),
+            consistency = %config.consistency,
+            "parameters initialised; waiting for workers"
+        );
+    }
 
     let mut registered = shared.registered.subscribe();
     registered
         .wait_for(|&count| count >= config.workers)
         .await
         .map_err(|_| CoordinatorError::Interrupted)?;
-    shared.lock().started = true;
+    let (progress, resumed_stop) = {
+        let mut inner = shared.lock();
+        inner.started = true;
+        let stop = inner.schedule.stop_reason().map(str::to_owned);
+        (inner.progress.clone(), stop)
+    };
+    // Training time before a restart counts, so that wall_seconds covers
+    // the whole run.
+    let seconds_before = progress.seconds;
     let started = Instant::now();
     info!(workers = config.workers, "training started");
 
@@ -275,14 +315,21 @@ async fn drive(
         model,
     }));
     let validation = Arc::new(validation);
-    let mut stopping = EarlyStopping::<BestSnapshot>::new(config.patience);
-    let mut previous = Mark::default();
-    let mut evaluations = 0u32;
-    let mut last_version = None;
-    let mut next_eval = config.eval_every;
+    let mut stopping = resume_early_stopping(&config, &progress, run_dir)?;
+    let mut previous = progress.previous;
+    let mut evaluations = progress.evaluations;
+    let mut last_version = progress.last_version;
+    let mut next_eval = match progress.next_eval {
+        0 => config.eval_every,
+        next => next,
+    };
     let mut epochs_done = shared.epochs_done.subscribe();
 
-    let stop_reason = loop {
+    let stop_reason: String = loop {
+        if let Some(reason) = &resumed_stop {
+            info!(stop_reason = %reason, "the run had stopped before the restart; finishing it");
+            break reason.clone();
+        }
         let last_epoch_done = tokio::select! {
             snapshot = servers.pull(next_eval) => Some(snapshot?),
             done = epochs_done.wait_for(|&done| done) => {
@@ -306,7 +353,7 @@ async fn drive(
             let params = Arc::new(snapshot.params);
             let pass = Evaluator::evaluate(&evaluator, params.clone(), validation.clone()).await?;
             let totals = snapshot.totals;
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = seconds_before + started.elapsed().as_secs_f64();
             let epoch = totals.examples as f64 / train_examples as f64;
 
             let verdict = stopping.observe(pass.error_rate(), || BestSnapshot {
@@ -339,6 +386,25 @@ async fn drive(
                 staleness_sum: totals.staleness_sum,
                 seconds,
             };
+            {
+                let mut inner = shared.lock();
+                let (best_updates, best_epoch) = stopping
+                    .best()
+                    .map_or((0, 0.0), |(_, best)| (best.updates, best.epoch));
+                inner.progress = DriverProgress {
+                    evaluations,
+                    best_validation_error: Some(best_error),
+                    best_updates,
+                    best_epoch,
+                    evaluations_since_best: stopping.evaluations_since_best(),
+                    last_version,
+                    next_eval: (snapshot.version / config.eval_every + 1) * config.eval_every,
+                    previous,
+                    seconds,
+                };
+                // A failed write is logged; training goes on.
+                let _ = shared.save(&inner, true);
+            }
 
             if let Some(target) = config.target_accuracy
                 && pass.accuracy() >= target
@@ -348,7 +414,7 @@ async fn drive(
                     validation_accuracy = pass.accuracy(),
                     "validation accuracy reached the target; stopping"
                 );
-                break "target_accuracy";
+                break "target_accuracy".to_owned();
             }
             if verdict == Verdict::Stop {
                 info!(
@@ -356,7 +422,7 @@ async fn drive(
                     best_validation_error = best_error,
                     "validation error stopped improving; stopping early"
                 );
-                break "early_stopping";
+                break "early_stopping".to_owned();
             }
         }
         if final_pass {
@@ -364,18 +430,23 @@ async fn drive(
                 max_epochs = config.max_epochs,
                 "reached the epoch limit; stopping"
             );
-            break "max_epochs";
+            break "max_epochs".to_owned();
         }
         next_eval = (snapshot.version / config.eval_every + 1) * config.eval_every;
     };
     // The schedule stops first, so that a worker whose push gets the reply
     // "training stopped" finds the stop at its next work request.
-    shared.lock().schedule.stop(stop_reason);
+    {
+        let mut inner = shared.lock();
+        inner.schedule.stop(&stop_reason);
+        inner.progress.seconds = seconds_before + started.elapsed().as_secs_f64();
+        let _ = shared.save(&inner, true);
+    }
     // NOTE: in sync mode with several parameter servers, a server can apply
     // the last step before it stops while another drops it. θ read below
     // can then mix two consecutive steps, and so can validation reads.
     servers.stop_training().await?;
-    let wall_seconds = started.elapsed().as_secs_f64();
+    let wall_seconds = seconds_before + started.elapsed().as_secs_f64();
     let at_stop = servers.pull(0).await?;
     let totals_at_stop = &at_stop.totals;
 
@@ -402,6 +473,10 @@ async fn drive(
             .copied()
             .unwrap_or(0);
     }
+    let updates_lost = per_worker
+        .iter()
+        .map(|worker| worker.pushes_acked.saturating_sub(worker.pushes))
+        .sum();
     let examples = totals_at_stop.examples;
     let summary = RunSummary {
         run_id: shared.info.run_id.clone(),
@@ -419,8 +494,9 @@ async fn drive(
         pushes: totals.pushes,
         examples,
         duplicate_pushes: totals.duplicates,
+        updates_lost,
         epoch_usage: shared.lock().epochs.clone(),
-        stop_reason: stop_reason.to_owned(),
+        stop_reason: stop_reason.clone(),
         evaluations,
         wall_seconds,
         examples_per_second: examples as f64 / wall_seconds.max(f64::EPSILON),
@@ -458,7 +534,7 @@ async fn drive(
     info!(
         test_accuracy = summary.test_accuracy.unwrap_or(f64::NAN),
         best_validation_error,
-        stop_reason,
+        stop_reason = %stop_reason,
         epochs = summary.epochs,
         updates = summary.updates,
         wall_seconds,
@@ -466,6 +542,37 @@ async fn drive(
         "run finished"
     );
     Ok(summary)
+}
+
+/// Returns the early-stopping tracker at the saved progress, with the best
+/// θ read back from the run directory, or a fresh one for a new run.
+fn resume_early_stopping(
+    config: &CoordinatorConfig,
+    progress: &DriverProgress,
+    run_dir: &RunDir,
+) -> Result<EarlyStopping<BestSnapshot>, CoordinatorError> {
+    let Some(best_error) = progress.best_validation_error else {
+        return Ok(EarlyStopping::new(config.patience));
+    };
+    let path = run_dir
+        .path()
+        .join(format!("{BEST_CHECKPOINT}.safetensors"));
+    let (_, params) = downpour_data::checkpoint::load(&path).map_err(|error| {
+        CoordinatorError::resume(
+            path.clone(),
+            format!("the best θ cannot be read ({error}); start a new run"),
+        )
+    })?;
+    let best = BestSnapshot {
+        params: Arc::new(params),
+        updates: progress.best_updates,
+        epoch: progress.best_epoch,
+    };
+    Ok(EarlyStopping::resume(
+        config.patience,
+        (best_error, best),
+        progress.evaluations_since_best,
+    ))
 }
 
 /// Takes the leases of silent workers, checking four times per lease

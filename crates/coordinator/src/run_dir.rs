@@ -80,6 +80,10 @@ pub struct RunSummary {
     pub examples: u64,
     /// Pushes delivered again and acknowledged without being applied twice.
     pub duplicate_pushes: u64,
+    /// Pushes that workers reported as acknowledged but that the parameter
+    /// servers' totals do not hold, summed over workers: 0 unless an
+    /// acknowledged update was lost.
+    pub updates_lost: u64,
     /// Per epoch, the training examples in completed ranges, and those
     /// handed out again after a worker's lease expired.
     pub epoch_usage: Vec<EpochUsage>,
@@ -143,6 +147,24 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CoordinatorError + '_
     }
 }
 
+/// Takes the exclusive lock on `.lock` in the directory.
+fn lock_dir(path: &Path) -> Result<File, CoordinatorError> {
+    let lock_path = path.join(".lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => {
+            Err(CoordinatorError::RunDirectoryInUse(path.to_owned()))
+        }
+        Err(fs::TryLockError::Error(error)) => Err(io_error(&lock_path)(error)),
+    }
+}
+
 impl RunDir {
     /// Creates the directory, or reuses an empty or unfinished one, and
     /// locks it.
@@ -157,20 +179,7 @@ impl RunDir {
             return Err(CoordinatorError::RunDirectoryTaken(path.to_owned()));
         }
         fs::create_dir_all(path).map_err(io_error(path))?;
-        let lock_path = path.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(CoordinatorError::RunDirectoryInUse(path.to_owned()));
-            }
-            Err(fs::TryLockError::Error(error)) => return Err(io_error(&lock_path)(error)),
-        }
+        let lock = lock_dir(path)?;
         // Checked again under the lock: a run may have finished meanwhile.
         if path.join("summary.json").exists() {
             return Err(CoordinatorError::RunDirectoryTaken(path.to_owned()));
@@ -184,6 +193,43 @@ impl RunDir {
 
         let events_path = path.join("events.jsonl");
         let events = File::create(&events_path).map_err(io_error(&events_path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            events: BufWriter::new(events),
+            _lock: lock,
+        })
+    }
+
+    /// Opens the directory of a run whose coordinator stopped before the
+    /// end, to go on with it: the event log is appended to and the best θ
+    /// kept.
+    ///
+    /// # Errors
+    ///
+    /// Rejects a missing directory, one with a `summary.json` (the run
+    /// finished) and one that another live run has locked.
+    pub fn resume(path: &Path) -> Result<Self, CoordinatorError> {
+        if !path.is_dir() {
+            return Err(CoordinatorError::resume(
+                path.to_owned(),
+                "no such run directory; --resume needs the --run-dir of the run to go on with"
+                    .to_owned(),
+            ));
+        }
+        let lock = lock_dir(path)?;
+        if path.join("summary.json").exists() {
+            return Err(CoordinatorError::resume(
+                path.to_owned(),
+                "the run already finished (summary.json exists); start a new run instead"
+                    .to_owned(),
+            ));
+        }
+        let events_path = path.join("events.jsonl");
+        let events = File::options()
+            .create(true)
+            .append(true)
+            .open(&events_path)
+            .map_err(io_error(&events_path))?;
         Ok(Self {
             path: path.to_owned(),
             events: BufWriter::new(events),

@@ -45,6 +45,9 @@ pub enum Progress {
     EpochDone { finished_epoch: u32 },
     /// The last epoch ended.
     AllEpochsDone,
+    /// The range was reported complete before: a retried report whose reply
+    /// was lost. Nothing changed.
+    AlreadyComplete,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +57,16 @@ struct ShardProgress {
     next: u32,
     /// Minibatches reported complete.
     done: u32,
+}
+
+/// The saved form of a [`WorkSchedule`]: per shard, the next minibatch to
+/// hand out and the minibatches complete in the current epoch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleState {
+    pub epoch: u32,
+    pub next: Vec<u32>,
+    pub done: Vec<u32>,
+    pub stop_reason: Option<String>,
 }
 
 /// The schedule of one run.
@@ -127,6 +140,63 @@ impl WorkSchedule {
         released
     }
 
+    /// Returns the schedule's state, for saving to disk.
+    pub fn state(&self) -> ScheduleState {
+        ScheduleState {
+            epoch: self.epoch,
+            next: self.shards.iter().map(|s| s.next).collect(),
+            done: self.shards.iter().map(|s| s.done).collect(),
+            stop_reason: self.stop_reason.clone(),
+        }
+    }
+
+    /// Puts the schedule at a saved state.
+    ///
+    /// # Errors
+    ///
+    /// Rejects a state for another number of shards or with more
+    /// minibatches than a shard holds, which means it belongs to another
+    /// run.
+    pub fn restore(&mut self, state: &ScheduleState) -> Result<(), String> {
+        let shards = self.shards.len();
+        if state.next.len() != shards || state.done.len() != shards {
+            return Err(format!(
+                "the saved schedule has {} shards, but this run has {shards}",
+                state.next.len()
+            ));
+        }
+        for (index, (shard, (&next, &done))) in self
+            .shards
+            .iter()
+            .zip(state.next.iter().zip(&state.done))
+            .enumerate()
+        {
+            if done > next || next > shard.batches {
+                return Err(format!(
+                    "the saved schedule has minibatches {done}..{next} of shard {index}, which holds {}",
+                    shard.batches
+                ));
+            }
+        }
+        if state.epoch > self.max_epochs {
+            return Err(format!(
+                "the saved schedule is at epoch {}, past the limit of {}",
+                state.epoch, self.max_epochs
+            ));
+        }
+        for (shard, (&next, &done)) in self
+            .shards
+            .iter_mut()
+            .zip(state.next.iter().zip(&state.done))
+        {
+            shard.next = next;
+            shard.done = done;
+        }
+        self.epoch = state.epoch;
+        self.stop_reason.clone_from(&state.stop_reason);
+        Ok(())
+    }
+
     /// Hands out the next range of `shard`'s minibatches.
     pub fn next_work(&mut self, shard: u32) -> Assignment {
         if let Some(reason) = &self.stop_reason {
@@ -165,13 +235,21 @@ impl WorkSchedule {
                     shard: range.shard,
                     shards,
                 })?;
+        let end = u64::from(range.first_batch) + u64::from(range.batch_count);
+        let within_shard = range.batch_count > 0 && end <= u64::from(progress.batches);
+        // Every range of the previous epoch is complete, and so is a range
+        // of this one that ends before the first minibatch not yet done.
+        let completed_before = (range.epoch + 1 == self.epoch)
+            || (range.epoch == self.epoch && end <= u64::from(progress.done));
+        if within_shard && completed_before {
+            return Ok(Progress::AlreadyComplete);
+        }
         if range.epoch != self.epoch {
             return Err(ScheduleError::WrongEpoch {
                 reported: range.epoch,
                 current: self.epoch,
             });
         }
-        let end = u64::from(range.first_batch) + u64::from(range.batch_count);
         // A shard's one worker completes its ranges in the order they were
         // handed out, so the next report must start where the last ended.
         if range.batch_count == 0
@@ -286,10 +364,54 @@ mod tests {
 
         assert_eq!(schedule.complete(range), Ok(Progress::InEpoch));
         assert_eq!(schedule.batches_done_in_epoch(), 2);
+        let beyond = WorkRange {
+            first_batch: 2,
+            batch_count: 3,
+            ..range
+        };
         assert!(matches!(
-            schedule.complete(range),
+            schedule.complete(beyond),
             Err(ScheduleError::NotAssigned { .. })
         ));
+    }
+
+    #[test]
+    fn repeated_completion_is_acknowledged_once() {
+        let mut schedule = WorkSchedule::new(&[4, 2], 3, 2);
+        let range = work(schedule.next_work(0));
+        assert_eq!(schedule.complete(range), Ok(Progress::InEpoch));
+
+        assert_eq!(schedule.complete(range), Ok(Progress::AlreadyComplete));
+        assert_eq!(schedule.batches_done_in_epoch(), 2);
+
+        let rest = work(schedule.next_work(0));
+        let other = work(schedule.next_work(1));
+        schedule.complete(rest).unwrap();
+        assert_eq!(
+            schedule.complete(other),
+            Ok(Progress::EpochDone { finished_epoch: 0 })
+        );
+        assert_eq!(schedule.complete(other), Ok(Progress::AlreadyComplete));
+        assert_eq!(schedule.batches_done_in_epoch(), 0);
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let mut schedule = WorkSchedule::new(&[5, 3], 4, 2);
+        let first = work(schedule.next_work(0));
+        schedule.complete(first).unwrap();
+        work(schedule.next_work(0));
+        let state = schedule.state();
+
+        let mut restored = WorkSchedule::new(&[5, 3], 4, 2);
+        restored.restore(&state).unwrap();
+
+        assert_eq!(restored.state(), state);
+        assert_eq!(restored.first_undone(0), 2);
+        let mut other_run = WorkSchedule::new(&[5], 4, 2);
+        assert!(other_run.restore(&state).is_err());
+        let mut shorter = WorkSchedule::new(&[1, 3], 4, 2);
+        assert!(shorter.restore(&state).is_err());
     }
 
     #[test]

@@ -12,13 +12,14 @@ use downpour_proto::v1::{
     HeartbeatRequest, NextWorkReply, NextWorkRequest, RegisterReply, RegisterRequest, ShardChunk,
     StopReason, next_work_reply,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
+use crate::state::{DriverProgress, RunIdentity, SavedState, SavedWorker};
 
 /// Bytes per `FetchShard` message.
 const SHARD_CHUNK_BYTES: usize = 1024 * 1024;
@@ -46,6 +47,9 @@ pub struct WorkerRecord {
     /// Pushes the parameter server applied from this worker; filled in at
     /// the end of the run.
     pub pushes: u64,
+    /// Pushes the worker reported as acknowledged by every parameter
+    /// server, at its last completed range.
+    pub pushes_acked: u64,
     #[serde(skip)]
     pub stop_sent: bool,
     /// Time of the worker's last request.
@@ -81,10 +85,12 @@ pub(crate) struct Inner {
     pub(crate) orphans: Vec<u32>,
     /// Training examples used in each epoch, by index.
     pub(crate) epochs: Vec<EpochUsage>,
+    /// The driver's validation and early-stopping progress.
+    pub(crate) progress: DriverProgress,
 }
 
 /// The use of one epoch's training examples.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpochUsage {
     /// Examples in ranges reported complete.
     pub examples: u64,
@@ -94,11 +100,31 @@ pub struct EpochUsage {
     pub reassigned_examples: u64,
 }
 
+/// Where the coordinator saves its state, and the run it belongs to.
+#[derive(Debug)]
+pub(crate) struct Persistence {
+    pub(crate) path: std::path::PathBuf,
+    pub(crate) identity: RunIdentity,
+    /// Failed writes so far, for the warning.
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl Persistence {
+    pub(crate) fn new(path: std::path::PathBuf, identity: RunIdentity) -> Self {
+        Self {
+            path,
+            identity,
+            failures: Default::default(),
+        }
+    }
+}
+
 /// State shared by the service and the driver.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) info: RunInfo,
     inner: Mutex<Inner>,
+    persistence: Option<Persistence>,
     /// Number of registered workers.
     pub(crate) registered: watch::Sender<usize>,
     /// Set once the last epoch is complete.
@@ -108,7 +134,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(info: RunInfo, schedule: WorkSchedule) -> Self {
+    pub(crate) fn new(
+        info: RunInfo,
+        schedule: WorkSchedule,
+        persistence: Option<Persistence>,
+    ) -> Self {
         Self {
             info,
             inner: Mutex::new(Inner {
@@ -117,7 +147,9 @@ impl Shared {
                 workers: Vec::new(),
                 orphans: Vec::new(),
                 epochs: Vec::new(),
+                progress: DriverProgress::default(),
             }),
+            persistence,
             registered: watch::Sender::new(0),
             epochs_done: watch::Sender::new(false),
             stopped_workers: watch::Sender::new(0),
@@ -130,6 +162,101 @@ impl Shared {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Saves the state to disk, synced when `sync` is set. A failed write
+    /// is logged and training goes on, because the state on disk only
+    /// matters if the coordinator dies.
+    pub(crate) fn save(&self, inner: &Inner, sync: bool) -> Result<(), crate::CoordinatorError> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(());
+        };
+        let state = SavedState {
+            workers: inner
+                .workers
+                .iter()
+                .map(|w| SavedWorker {
+                    id: w.id,
+                    name: w.name.clone(),
+                    shards: w.shards.clone(),
+                    leases_lost: w.leases_lost,
+                    lease_lost: w.lease_lost,
+                    minibatches: w.minibatches,
+                    examples: w.examples,
+                    pushes_acked: w.pushes_acked,
+                    stop_sent: w.stop_sent,
+                })
+                .collect(),
+            orphans: inner.orphans.clone(),
+            epochs: inner.epochs.clone(),
+            progress: inner.progress.clone(),
+            ..SavedState::new(
+                self.info.run_id.clone(),
+                persistence.identity.clone(),
+                inner.schedule.state(),
+            )
+        };
+        let saved = state.save(&persistence.path, sync);
+        if let Err(error) = &saved {
+            let failures = persistence
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            // Logged on the 1st, 2nd, 4th, 8th ... failure.
+            if failures.is_power_of_two() {
+                warn!(%error, failures, "coordinator state not saved; a restarted coordinator would resume from an older state");
+            }
+        }
+        saved
+    }
+
+    /// Saves the state without syncing, logging a failure.
+    fn save_quietly(&self, inner: &Inner) {
+        let _ = self.save(inner, false);
+    }
+
+    /// Puts the schedule, the workers and the driver's progress at a saved
+    /// state, as a coordinator that resumes a run does. Every worker's lease
+    /// starts afresh.
+    pub(crate) fn restore(&self, saved: &SavedState) -> Result<(), String> {
+        let mut inner = self.lock();
+        inner.schedule.restore(&saved.schedule)?;
+        let shards = self.info.shard_files.len() as u32;
+        let now = Instant::now();
+        let mut workers = Vec::with_capacity(saved.workers.len());
+        for (index, worker) in saved.workers.iter().enumerate() {
+            if worker.id as usize != index || worker.shards.iter().any(|&s| s >= shards) {
+                return Err(format!(
+                    "worker {} of the saved state does not fit this run's {shards} shards",
+                    worker.id
+                ));
+            }
+            workers.push(WorkerRecord {
+                id: worker.id,
+                name: worker.name.clone(),
+                shards: worker.shards.clone(),
+                leases_lost: worker.leases_lost,
+                lease_lost: worker.lease_lost,
+                minibatches: worker.minibatches,
+                examples: worker.examples,
+                pushes: 0,
+                pushes_acked: worker.pushes_acked,
+                stop_sent: worker.stop_sent,
+                last_contact: now,
+            });
+        }
+        let stopped = workers
+            .iter()
+            .filter(|w| w.stop_sent || w.lease_lost)
+            .count();
+        inner.workers = workers;
+        inner.orphans.clone_from(&saved.orphans);
+        inner.epochs.clone_from(&saved.epochs);
+        inner.progress = saved.progress.clone();
+        inner.started = inner.workers.len() >= self.info.expected_workers;
+        self.registered.send_replace(inner.workers.len());
+        self.stopped_workers.send_replace(stopped);
+        Ok(())
     }
 
     /// Training examples in a range of minibatches; only the shard's last
@@ -190,6 +317,9 @@ impl Shared {
                 );
             }
         }
+        if !expired.is_empty() {
+            self.save_quietly(&inner);
+        }
         expired
     }
 
@@ -218,6 +348,24 @@ fn usage(epochs: &mut Vec<EpochUsage>, epoch: u32) -> &mut EpochUsage {
         epochs.resize(index + 1, EpochUsage::default());
     }
     &mut epochs[index]
+}
+
+/// Hands out again the ranges of `worker_id`'s shards that are out but not
+/// complete. A worker trains one range at a time and asks for work only
+/// when it has none, so such a range is one whose reply it never got, as
+/// when the coordinator died before replying.
+fn release_unfinished(inner: &mut Inner, worker_id: u32) {
+    for shard in inner.workers[worker_id as usize].shards.clone() {
+        let released = inner.schedule.release(shard);
+        if released > 0 {
+            info!(
+                worker_id,
+                shard,
+                minibatches = released,
+                "worker asked for work with a range still out; handing that range out again"
+            );
+        }
+    }
 }
 
 /// Picks the next range for `worker_id`: from its own shards first, then
@@ -313,6 +461,7 @@ impl Coordinator for CoordinatorService {
                 minibatches: 0,
                 examples: 0,
                 pushes: 0,
+                pushes_acked: 0,
                 stop_sent: false,
                 last_contact: Instant::now(),
             });
@@ -338,6 +487,7 @@ impl Coordinator for CoordinatorService {
         // Published under the lock: two registrations racing could
         // otherwise publish their counts out of order and leave a stale one.
         self.shared.registered.send_replace(registered);
+        self.shared.save_quietly(&inner);
         drop(inner);
         info!(
             worker_id = id,
@@ -381,11 +531,16 @@ impl Coordinator for CoordinatorService {
         let action = if !inner.started && inner.schedule.stop_reason().is_none() {
             next_work_reply::Action::WaitMs(WAIT_MS)
         } else {
+            release_unfinished(&mut inner, worker_id);
             match next_assignment(&mut inner, worker_id) {
-                Assignment::Work(range) => next_work_reply::Action::Work(range_to_proto(range)),
+                Assignment::Work(range) => {
+                    self.shared.save_quietly(&inner);
+                    next_work_reply::Action::Work(range_to_proto(range))
+                }
                 Assignment::Wait => next_work_reply::Action::WaitMs(WAIT_MS),
                 Assignment::Stop(reason) => {
                     self.shared.record_stop_sent(&mut inner, worker_id);
+                    self.shared.save_quietly(&inner);
                     next_work_reply::Action::Stop(StopReason { reason })
                 }
             }
@@ -429,14 +584,27 @@ impl Coordinator for CoordinatorService {
                 return Err(error.into());
             }
         };
-        let examples = self.shared.range_examples(&range);
-        usage(&mut inner.epochs, range.epoch).examples += examples;
         if let Some(worker) = inner.workers.get_mut(request.worker_id as usize) {
-            worker.minibatches += u64::from(range.batch_count);
-            worker.examples += examples;
+            worker.pushes_acked = worker.pushes_acked.max(request.pushes_acked);
+        }
+        if progress != Progress::AlreadyComplete {
+            let examples = self.shared.range_examples(&range);
+            usage(&mut inner.epochs, range.epoch).examples += examples;
+            if let Some(worker) = inner.workers.get_mut(request.worker_id as usize) {
+                worker.minibatches += u64::from(range.batch_count);
+                worker.examples += examples;
+            }
         }
         match progress {
             Progress::InEpoch => {}
+            Progress::AlreadyComplete => {
+                info!(
+                    worker_id = request.worker_id,
+                    shard = range.shard,
+                    first_batch = range.first_batch,
+                    "range reported complete again; it counts once"
+                );
+            }
             Progress::EpochDone { finished_epoch } => {
                 info!(epoch = finished_epoch + 1, "epoch complete");
             }
@@ -450,6 +618,7 @@ impl Coordinator for CoordinatorService {
         if stop_reason.is_some() {
             self.shared.record_stop_sent(&mut inner, request.worker_id);
         }
+        self.shared.save_quietly(&inner);
         Ok(Response::new(CompleteWorkReply {
             stop: stop_reason.is_some(),
             stop_reason: stop_reason.unwrap_or_default(),

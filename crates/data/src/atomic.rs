@@ -33,6 +33,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename, as
+/// [`write_atomic`] does, but without syncing to disk. Readers still see
+/// the old or the new file whole, and the new one survives a crash of the
+/// process, but not always a crash of the machine. It suits state that is
+/// replaced many times per second.
+///
+/// # Errors
+///
+/// As for [`write_atomic`].
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temp = temp_path(path)?;
+    let result = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| fs::rename(&temp, path));
+    if result.is_err() {
+        // The write already failed, and a leftover temporary file is harmless.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
 /// Returns a hidden, unique sibling of `path`, such as
 /// `.model.safetensors.1234.0.tmp`.
 fn temp_path(path: &Path) -> io::Result<PathBuf> {

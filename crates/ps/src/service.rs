@@ -117,6 +117,9 @@ struct CheckpointWriter {
     last_version: AtomicU64,
     /// Held while a checkpoint is written, so that writes never overlap.
     busy: Arc<tokio::sync::Mutex<()>>,
+    /// Per worker, the highest sequence number the last written checkpoint
+    /// holds.
+    durable: Arc<Mutex<HashMap<u32, u64>>>,
 }
 
 /// A checkpoint that `--restore` cannot use.
@@ -178,6 +181,7 @@ impl ParameterServerService {
             settings,
             last_version: AtomicU64::new(0),
             busy: Arc::default(),
+            durable: Arc::default(),
         }));
         self
     }
@@ -213,6 +217,12 @@ impl ParameterServerService {
         }
         if let Some(writer) = &self.checkpoint {
             writer.last_version.store(version, Ordering::Relaxed);
+            let sequences = self
+                .lock()
+                .store
+                .as_ref()
+                .map_or_else(Vec::new, ParamStore::checkpoint_sequences);
+            record_durable(&writer.durable, &sequences);
         }
         let min_done = self.lock().store.as_ref().map_or(0, ParamStore::min_done);
         self.version.send_modify(|state| {
@@ -240,14 +250,17 @@ impl ParameterServerService {
         let Ok(guard) = writer.busy.clone().try_lock_owned() else {
             return;
         };
-        let Some((bytes, version)) = self.encode_checkpoint() else {
+        let Some((bytes, version, sequences)) = self.encode_checkpoint() else {
             return;
         };
         writer.last_version.store(version, Ordering::Relaxed);
         let path = writer.settings.path.clone();
+        let durable = writer.durable.clone();
         tokio::task::spawn_blocking(move || {
             let _writing = guard;
-            write_checkpoint(&path, &bytes, version);
+            if write_checkpoint(&path, &bytes, version) {
+                record_durable(&durable, &sequences);
+            }
         });
     }
 
@@ -257,24 +270,74 @@ impl ParameterServerService {
             return;
         };
         let guard = writer.busy.clone().lock_owned().await;
-        let Some((bytes, version)) = self.encode_checkpoint() else {
+        let Some((bytes, version, sequences)) = self.encode_checkpoint() else {
             return;
         };
         writer.last_version.store(version, Ordering::Relaxed);
         let path = writer.settings.path.clone();
+        let durable = writer.durable.clone();
         let written = tokio::task::spawn_blocking(move || {
             let _writing = guard;
-            write_checkpoint(&path, &bytes, version);
+            if write_checkpoint(&path, &bytes, version) {
+                record_durable(&durable, &sequences);
+            }
         });
         if let Err(error) = written.await {
             warn!(%error, "checkpoint task failed");
         }
     }
 
-    fn encode_checkpoint(&self) -> Option<(Vec<u8>, u64)> {
+    /// Encodes a checkpoint of the current state, and returns it with its
+    /// version and the sequence numbers it holds.
+    fn encode_checkpoint(&self) -> Option<(Vec<u8>, u64, Vec<(u32, u64, u64)>)> {
         let state = self.lock();
         let store = state.store.as_ref()?;
-        Some((store.encode_checkpoint(), store.version()))
+        Some((
+            store.encode_checkpoint(),
+            store.version(),
+            store.checkpoint_sequences(),
+        ))
+    }
+
+    /// Returns OUT_OF_RANGE for a push whose sequence number skips past the
+    /// next one expected from its worker, on an async server with
+    /// checkpoints. Such a gap means this server restarted from a
+    /// checkpoint that lacks pushes it had acknowledged, and the worker
+    /// still holds them.
+    fn missing_pushes(&self, store: &ParamStore, request: &PushRequest) -> Option<Status> {
+        if self.checkpoint.is_none()
+            || store.consistency() != Consistency::Async
+            || request.resend
+            || request.sequence == 0
+        {
+            return None;
+        }
+        let applied = store.applied_sequence(request.worker_id);
+        (request.sequence > applied + 1).then(|| {
+            Status::out_of_range(format!(
+                "push {} of worker {} skips past push {}, which this server does not hold, as after a restart from a checkpoint; send the missing pushes first",
+                request.sequence,
+                request.worker_id,
+                applied + 1
+            ))
+        })
+    }
+
+    /// Returns the highest sequence number of `worker_id` that a restart
+    /// would keep, for a push numbered `sequence`. Only async servers with
+    /// checkpoints ask workers to keep pushes: a replayed push in bounded or
+    /// sync mode would land in the wrong step.
+    fn durable_sequence(&self, worker_id: u32, sequence: u64, consistency: Consistency) -> u64 {
+        match &self.checkpoint {
+            Some(writer) if consistency == Consistency::Async => writer
+                .durable
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(&worker_id)
+                .copied()
+                .unwrap_or(0),
+            _ => sequence,
+        }
     }
 
     /// Resolves once a client has called `Finish`.
@@ -309,6 +372,8 @@ impl ParameterServerService {
             },
             training_stopped: true,
             applied: false,
+            // A push after the stop is never replayed.
+            durable_sequence: request.sequence,
         })
     }
 
@@ -408,10 +473,27 @@ fn f32s_in_place(request: &PushRequest) -> Option<&[f32]> {
 
 /// Writes checkpoint `bytes` to `path` through a temporary file, fsync and
 /// rename, so that the file at `path` is always a whole checkpoint.
-fn write_checkpoint(path: &Path, bytes: &[u8], version: u64) {
+/// Returns whether the file was written.
+fn write_checkpoint(path: &Path, bytes: &[u8], version: u64) -> bool {
     match downpour_data::atomic::write_atomic(path, bytes) {
-        Ok(()) => info!(path = %path.display(), version, bytes = bytes.len(), "checkpoint written"),
-        Err(error) => warn!(path = %path.display(), version, %error, "checkpoint not written"),
+        Ok(()) => {
+            info!(path = %path.display(), version, bytes = bytes.len(), "checkpoint written");
+            true
+        }
+        Err(error) => {
+            warn!(path = %path.display(), version, %error, "checkpoint not written");
+            false
+        }
+    }
+}
+
+/// Records the sequence numbers of a written checkpoint as durable.
+fn record_durable(durable: &Mutex<HashMap<u32, u64>>, sequences: &[(u32, u64, u64)]) {
+    let mut durable = durable
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for &(worker, sequence, _) in sequences {
+        durable.insert(worker, sequence);
     }
 }
 
@@ -543,6 +625,9 @@ impl ParameterServer for ParameterServerService {
             version: store.version(),
             params: encode_f32s(&store.params()[start as usize..end as usize]),
             totals: Some(totals_to_proto(store.totals())),
+            applied_sequence: request
+                .worker_id
+                .map_or(0, |worker_id| store.applied_sequence(worker_id)),
         }))
     }
 
@@ -594,6 +679,10 @@ impl ParameterServer for ParameterServerService {
                 && request.offset == 0
                 && let Err(status) = decode_gradient(&request, &mut state.gradient)
             {
+                warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
+                return Err(status);
+            }
+            if let Some(status) = self.missing_pushes(store, &request) {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
                 return Err(status);
             }
@@ -671,6 +760,8 @@ impl ParameterServer for ParameterServerService {
             }
         };
 
+        let durable_sequence =
+            self.durable_sequence(request.worker_id, request.sequence, consistency);
         let mut state = self.lock();
         let store = state.store.as_mut().ok_or_else(not_initialised)?;
         let params = if request.return_params {
@@ -685,6 +776,7 @@ impl ParameterServer for ParameterServerService {
             params,
             training_stopped: waited.is_some_and(|w| w.stopped) || store.is_stopped(),
             applied: true,
+            durable_sequence,
         }))
     }
 

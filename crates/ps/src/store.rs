@@ -314,6 +314,14 @@ impl ParamStore {
         }
     }
 
+    /// Returns the highest sequence number of `worker_id` accepted so far,
+    /// or 0 before its first numbered push.
+    pub fn applied_sequence(&self, worker_id: u32) -> u64 {
+        self.sequences
+            .get(&worker_id)
+            .map_or(0, |&(sequence, _)| sequence)
+    }
+
     /// Records that `worker_id` now has the current θ, when delay
     /// compensation uses it.
     pub fn record_sent(&mut self, worker_id: u32) {
@@ -579,11 +587,10 @@ pub enum CheckpointError {
 }
 
 impl ParamStore {
-    /// Encodes θ, the momentum buffer, the version, the settings, the
-    /// applied sequence numbers and the totals as a safetensors file. A
-    /// sync push held for an unfinished step is left out: it was never
-    /// acknowledged, and its worker sends it again.
-    pub fn encode_checkpoint(&self) -> Vec<u8> {
+    /// Returns, per worker, the highest applied sequence number and the
+    /// version its step completes at, as a checkpoint records them: a sync
+    /// push held for an unfinished step does not count.
+    pub fn checkpoint_sequences(&self) -> Vec<(u32, u64, u64)> {
         let held_previous: HashMap<u32, Option<(u64, u64)>> = self
             .round
             .iter()
@@ -602,6 +609,15 @@ impl ParamStore {
             })
             .collect();
         sequences.sort_unstable();
+        sequences
+    }
+
+    /// Encodes θ, the momentum buffer, the version, the settings, the
+    /// applied sequence numbers and the totals as a safetensors file. A
+    /// sync push held for an unfinished step is left out: it was never
+    /// acknowledged, and its worker sends it again.
+    pub fn encode_checkpoint(&self) -> Vec<u8> {
+        let sequences = self.checkpoint_sequences();
         let meta = CheckpointMeta {
             format: CHECKPOINT_FORMAT,
             run_id: self.run_id.clone(),

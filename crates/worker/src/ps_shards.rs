@@ -2,6 +2,7 @@
 //! range of θ. Pulls and pushes go to every server at once; a range larger
 //! than one message travels in pieces, one after the other.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -26,7 +27,28 @@ struct Server {
     client: PsClient,
     /// Version of this server's range in the worker's θ.
     version: u64,
+    /// Highest sequence number of this worker that the server's last
+    /// checkpoint holds.
+    durable: u64,
 }
+
+/// A pushed gradient that some server's checkpoint does not hold yet. A
+/// server that restarts from that checkpoint gets it again, so that no
+/// acknowledged push is lost.
+#[derive(Debug)]
+struct Retained {
+    sequence: u64,
+    bytes: Bytes,
+    encoding: GradientEncoding,
+    examples: u32,
+    loss: f32,
+    epoch: u32,
+    batch: u32,
+}
+
+/// Most bytes of pushes kept for replay. Past it the oldest are dropped,
+/// with a warning, and a server restart can lose them.
+const MAX_RETAINED_BYTES: usize = 1 << 30;
 
 /// A gradient ready to push.
 #[derive(Debug, Clone, Copy)]
@@ -63,6 +85,9 @@ pub(crate) struct ParameterServers {
     servers: Vec<Server>,
     /// Largest number of values in one message.
     piece_values: usize,
+    /// Pushes not yet in every server's checkpoint, oldest first.
+    retained: VecDeque<Retained>,
+    retained_bytes: usize,
 }
 
 /// A server's reply to a push, and θ when it was requested.
@@ -76,6 +101,18 @@ struct Pushed {
     resync: bool,
     /// θ of the server's range, in pieces; empty unless fetched.
     params: Vec<Bytes>,
+    /// Highest sequence number of this worker in the server's checkpoint.
+    durable: u64,
+}
+
+/// A server's range of θ, pulled in pieces.
+#[derive(Debug)]
+struct Pulled {
+    /// Version of the first piece.
+    version: u64,
+    pieces: Vec<Bytes>,
+    /// Highest sequence number of this worker the server applied.
+    applied_sequence: u64,
 }
 
 impl ParameterServers {
@@ -121,6 +158,7 @@ impl ParameterServers {
                 range: start..start + length,
                 client,
                 version: 0,
+                durable: 0,
             });
         }
         if expected_offset != parameters {
@@ -143,6 +181,8 @@ impl ParameterServers {
         Ok(Self {
             servers,
             piece_values,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
         })
     }
 
@@ -151,12 +191,13 @@ impl ParameterServers {
         self.servers.iter().map(|s| s.address.as_str()).collect()
     }
 
-    /// Pulls every server's range into `params`.
+    /// Pulls every server's range into `params`, and returns the highest
+    /// sequence number of this worker that any server applied.
     pub(crate) async fn pull(
         &mut self,
         worker_id: u32,
         params: &mut [f32],
-    ) -> Result<(), WorkerError> {
+    ) -> Result<u64, WorkerError> {
         let mut pulls = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let client = server.client.clone();
@@ -170,48 +211,148 @@ impl ParameterServers {
                 (index, pulled)
             });
         }
+        let mut applied = 0;
         while let Some(joined) = pulls.join_next().await {
             let (index, pulled) = joined.map_err(task_failed)?;
-            let (version, pieces) = pulled?;
+            let pulled = pulled?;
             let server = &mut self.servers[index];
-            decode_pieces(&pieces, &mut params[server.range.clone()])?;
-            server.version = version;
+            decode_pieces(&pulled.pieces, &mut params[server.range.clone()])?;
+            server.version = pulled.version;
+            applied = applied.max(pulled.applied_sequence);
         }
-        Ok(())
+        Ok(applied)
     }
 
-    /// Pushes each server its range of the gradient, tagged with the version
-    /// that range was computed at, and writes the returned θ into `params`
-    /// when the gradient requests it.
-    pub(crate) async fn push(
+    /// Forgets the pushes kept for replay, as when the worker registers
+    /// again under a new id.
+    pub(crate) fn clear_retained(&mut self) {
+        self.retained.clear();
+        self.retained_bytes = 0;
+    }
+
+    /// Keeps `gradient` until every server's checkpoint holds it.
+    fn retain(&mut self, gradient: &Gradient<'_>) {
+        self.retained_bytes += gradient.bytes.len();
+        self.retained.push_back(Retained {
+            sequence: gradient.sequence,
+            bytes: gradient.bytes.clone(),
+            encoding: gradient.encoding,
+            examples: gradient.examples,
+            loss: gradient.loss,
+            epoch: gradient.epoch,
+            batch: gradient.batch,
+        });
+        let mut dropped = 0;
+        while self.retained_bytes > MAX_RETAINED_BYTES && self.retained.len() > 1 {
+            if let Some(oldest) = self.retained.pop_front() {
+                self.retained_bytes -= oldest.bytes.len();
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            warn!(
+                dropped,
+                limit_mib = MAX_RETAINED_BYTES >> 20,
+                "too many pushes wait for a parameter-server checkpoint; the oldest are no longer kept for replay, so write checkpoints more often"
+            );
+        }
+    }
+
+    /// Drops the kept pushes that every server's checkpoint holds.
+    fn prune_retained(&mut self) {
+        let durable = self.servers.iter().map(|s| s.durable).min().unwrap_or(0);
+        while let Some(oldest) = self.retained.front()
+            && oldest.sequence <= durable
+        {
+            self.retained_bytes -= oldest.bytes.len();
+            self.retained.pop_front();
+        }
+    }
+
+    /// Brings server `index` back in line after it restarted from an older
+    /// checkpoint: pulls its range of θ into `params`, then pushes it again
+    /// every kept push it has not applied, oldest first.
+    async fn replay(
         &mut self,
-        gradient: Gradient<'_>,
+        index: usize,
+        worker_id: u32,
         params: &mut [f32],
-    ) -> Result<PushOutcome, WorkerError> {
-        let mut outcome = PushOutcome {
-            applied: true,
-            training_stopped: false,
-            resync: false,
-        };
-        if let [server] = self.servers.as_mut_slice() {
-            let request = push_request(&gradient, server);
-            let (len, piece) = (server.range.len(), self.piece_values);
+    ) -> Result<(), WorkerError> {
+        let piece = self.piece_values;
+        let server = &mut self.servers[index];
+        let len = server.range.len();
+        let pulled = with_retry("Pull", || {
+            let mut client = server.client.clone();
+            async move { pull_range(&mut client, worker_id, len, piece).await }
+        })
+        .await?;
+        decode_pieces(&pulled.pieces, &mut params[server.range.clone()])?;
+        server.version = pulled.version;
+        let missing: Vec<&Retained> = self
+            .retained
+            .iter()
+            .filter(|r| r.sequence > pulled.applied_sequence)
+            .collect();
+        warn!(
+            ps = %server.address,
+            worker_id,
+            applied_sequence = pulled.applied_sequence,
+            replayed = missing.len(),
+            "parameter server restarted from an older checkpoint; sending it the pushes it lost"
+        );
+        for retained in missing {
+            let gradient = Gradient {
+                worker_id,
+                sequence: retained.sequence,
+                bytes: &retained.bytes,
+                encoding: retained.encoding,
+                examples: retained.examples,
+                loss: retained.loss,
+                epoch: retained.epoch,
+                batch: retained.batch,
+                fetch: false,
+            };
+            let request = PushRequest {
+                resend: true,
+                ..push_request(&gradient, server)
+            };
             let client = &server.client;
             let pushed = with_retry("Push", || {
                 let (mut client, request) = (client.clone(), request.clone());
                 async move { push_range(&mut client, request, len, piece).await }
             })
             .await?;
-            outcome.applied &= pushed.applied;
-            outcome.training_stopped |= pushed.training_stopped;
-            outcome.resync |= pushed.resync;
-            if gradient.fetch && !pushed.resync {
-                decode_pieces(&pushed.params, params)?;
-                server.version = pushed.version;
+            if pushed.resync {
+                return Err(WorkerError::Rpc {
+                    call: "Push",
+                    code: tonic::Code::OutOfRange,
+                    message: format!(
+                        "parameter server {} went back to an older version again while this worker replayed its pushes",
+                        server.address
+                    ),
+                });
             }
-            return Ok(outcome);
+            server.durable = pushed.durable;
         }
+        Ok(())
+    }
 
+    /// Pushes each server its range of the gradient, tagged with the version
+    /// that range was computed at, and writes the returned θ into `params`
+    /// when the gradient requests it. A server that restarted from an older
+    /// checkpoint first gets the kept pushes it lost, then this one.
+    pub(crate) async fn push(
+        &mut self,
+        gradient: Gradient<'_>,
+        params: &mut [f32],
+    ) -> Result<PushOutcome, WorkerError> {
+        self.retain(&gradient);
+        let mut outcome = PushOutcome {
+            applied: true,
+            training_stopped: false,
+            resync: false,
+        };
+        let mut replays = Vec::new();
         let mut pushes = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let request = push_request(&gradient, server);
@@ -229,15 +370,25 @@ impl ParameterServers {
         while let Some(joined) = pushes.join_next().await {
             let (index, pushed) = joined.map_err(task_failed)?;
             let pushed = pushed?;
+            if pushed.resync {
+                replays.push(index);
+                continue;
+            }
             outcome.applied &= pushed.applied;
             outcome.training_stopped |= pushed.training_stopped;
-            outcome.resync |= pushed.resync;
-            if gradient.fetch && !pushed.resync {
-                let server = &mut self.servers[index];
+            let server = &mut self.servers[index];
+            server.durable = pushed.durable;
+            if gradient.fetch {
                 decode_pieces(&pushed.params, &mut params[server.range.clone()])?;
                 server.version = pushed.version;
             }
         }
+        // The replay ends with this push, so it counts as applied.
+        for index in replays {
+            self.replay(index, gradient.worker_id, params).await?;
+            outcome.resync = true;
+        }
+        self.prune_retained();
         Ok(outcome)
     }
 }
@@ -250,18 +401,34 @@ impl Pushed {
             applied: false,
             resync: true,
             params: Vec::new(),
+            durable: 0,
         }
     }
 }
 
-/// How long a worker keeps retrying a parameter server that does not
-/// reply, as while it restarts from a checkpoint.
+/// How long a worker keeps retrying a peer that does not reply, as while a
+/// parameter server restarts from a checkpoint or a coordinator resumes.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Runs `attempt` until it succeeds, fails for a reason other than an
-/// unreachable server, or [`RETRY_FOR`] passes, waiting longer after each
-/// failure.
-async fn with_retry<T, F, Fut>(call: &'static str, mut attempt: F) -> Result<T, WorkerError>
+/// unreachable parameter server, or [`RETRY_FOR`] passes, waiting longer
+/// after each failure.
+async fn with_retry<T, F, Fut>(call: &'static str, attempt: F) -> Result<T, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, WorkerError>>,
+{
+    retry_unreachable("parameter server", call, attempt).await
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason other than an
+/// unreachable `peer`, or [`RETRY_FOR`] passes, waiting longer after each
+/// failure. The request must be safe to send twice.
+pub(crate) async fn retry_unreachable<T, F, Fut>(
+    peer: &'static str,
+    call: &'static str,
+    mut attempt: F,
+) -> Result<T, WorkerError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, WorkerError>>,
@@ -275,11 +442,12 @@ where
                     && Instant::now() < deadline =>
             {
                 warn!(
+                    peer,
                     call,
                     ?code,
                     %message,
                     retry_in_ms = backoff.as_millis() as u64,
-                    "parameter server unreachable; retrying"
+                    "peer unreachable; retrying"
                 );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -289,15 +457,15 @@ where
     }
 }
 
-/// Pulls a server's `len` values in pieces of at most `piece` values, and
-/// returns the version of the first piece with the pieces' bytes.
+/// Pulls a server's `len` values in pieces of at most `piece` values.
 async fn pull_range(
     client: &mut PsClient,
     worker_id: u32,
     len: usize,
     piece: usize,
-) -> Result<(u64, Vec<Bytes>), WorkerError> {
+) -> Result<Pulled, WorkerError> {
     let mut version = None;
+    let mut applied_sequence = 0;
     let mut pieces = Vec::with_capacity(len.div_ceil(piece));
     for offset in (0..len).step_by(piece) {
         let request = PullRequest {
@@ -314,9 +482,14 @@ async fn pull_range(
         // With pieces, θ may move between pulls; the oldest version is the
         // one the whole range is at least as new as.
         version.get_or_insert(reply.version);
+        applied_sequence = reply.applied_sequence;
         pieces.push(reply.params);
     }
-    Ok((version.unwrap_or(0), pieces))
+    Ok(Pulled {
+        version: version.unwrap_or(0),
+        pieces,
+        applied_sequence,
+    })
 }
 
 /// Pushes `request`'s gradient of `len` values, in pieces of at most
@@ -341,6 +514,7 @@ async fn push_range(
             applied: reply.applied,
             resync: false,
             params: vec![reply.params],
+            durable: reply.durable_sequence,
         });
     }
 
@@ -370,11 +544,12 @@ async fn push_range(
         applied: reply.applied,
         resync: false,
         params: Vec::new(),
+        durable: reply.durable_sequence,
     };
     if request.return_params {
-        let (version, pieces) = pull_range(client, request.worker_id, len, piece).await?;
-        pushed.version = version;
-        pushed.params = pieces;
+        let pulled = pull_range(client, request.worker_id, len, piece).await?;
+        pushed.version = pulled.version;
+        pushed.params = pulled.pieces;
     }
     Ok(pushed)
 }
@@ -431,6 +606,7 @@ fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
         encoding: gradient.encoding.into(),
         offset: 0,
         more: false,
+        resend: false,
     }
 }
 

@@ -14,13 +14,13 @@ use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
     CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatRequest, NextWorkRequest,
-    RegisterRequest, WorkRange, next_work_reply,
+    RegisterReply, RegisterRequest, WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
 use tracing::{debug, info, warn};
 
 use crate::error::WorkerError;
-use crate::ps_shards::{Gradient, ParameterServers, PushOutcome};
+use crate::ps_shards::{Gradient, ParameterServers, PushOutcome, retry_unreachable};
 use crate::trainer::Trainer;
 
 /// Settings of one worker.
@@ -80,13 +80,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     let mut coordinator = CoordinatorClient::new(authenticated(channel, &config.token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let registration = coordinator
-        .register(RegisterRequest {
-            name: config.name.clone(),
-        })
-        .await
-        .map_err(WorkerError::rpc("Register"))?
-        .into_inner();
+    let registration = register(&coordinator, &config.name).await?;
     let worker_id = registration.worker_id;
     let description = ModelDescription::from_json(&registration.model_json)?;
     let batch_size = registration.batch_size.max(1) as usize;
@@ -169,15 +163,23 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
     let _stop_heartbeats = heartbeats.map(AbortOnDrop);
     loop {
         let worker_id = session.worker_id;
-        let reply = coordinator
-            .next_work(NextWorkRequest { worker_id })
-            .await
-            .map_err(WorkerError::rpc("NextWork"))?
-            .into_inner();
+        // Asking again is safe: the coordinator hands out again a range
+        // whose reply was lost.
+        let reply = retry_unreachable("coordinator", "NextWork", || {
+            let mut coordinator = coordinator.clone();
+            async move {
+                coordinator
+                    .next_work(NextWorkRequest { worker_id })
+                    .await
+                    .map_err(WorkerError::rpc("NextWork"))
+            }
+        })
+        .await?
+        .into_inner();
         match reply.action {
             Some(next_work_reply::Action::LeaseLost(_)) => {
                 session
-                    .register_again(&mut coordinator, &config.name)
+                    .register_again(&mut coordinator, &mut ps, &config.name)
                     .await?;
                 heartbeat_id.store(session.worker_id, Ordering::Relaxed);
             }
@@ -190,17 +192,26 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     // servers, so the next request for work returns the stop.
                     continue;
                 }
-                let done = coordinator
-                    .complete_work(CompleteWorkRequest {
-                        worker_id,
-                        work: Some(range),
-                    })
-                    .await
-                    .map_err(WorkerError::rpc("CompleteWork"))?
-                    .into_inner();
+                // Reporting again is safe: a range counts once.
+                let request = CompleteWorkRequest {
+                    worker_id,
+                    work: Some(range),
+                    pushes_acked: session.report.pushes,
+                };
+                let done = retry_unreachable("coordinator", "CompleteWork", || {
+                    let (mut coordinator, request) = (coordinator.clone(), request.clone());
+                    async move {
+                        coordinator
+                            .complete_work(request)
+                            .await
+                            .map_err(WorkerError::rpc("CompleteWork"))
+                    }
+                })
+                .await?
+                .into_inner();
                 if done.lease_lost {
                     session
-                        .register_again(&mut coordinator, &config.name)
+                        .register_again(&mut coordinator, &mut ps, &config.name)
                         .await?;
                     heartbeat_id.store(session.worker_id, Ordering::Relaxed);
                     continue;
@@ -323,6 +334,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Registers with the coordinator, retrying while it is unreachable.
+async fn register(coordinator: &Coordinator, name: &str) -> Result<RegisterReply, WorkerError> {
+    let reply = retry_unreachable("coordinator", "Register", || {
+        let mut coordinator = coordinator.clone();
+        let request = RegisterRequest {
+            name: name.to_owned(),
+        };
+        async move {
+            coordinator
+                .register(request)
+                .await
+                .map_err(WorkerError::rpc("Register"))
+        }
+    })
+    .await?;
+    Ok(reply.into_inner())
+}
+
 /// Renews the lease of the worker whose id `worker_id` holds, every
 /// `period`, for as long as the task runs.
 async fn send_heartbeats(
@@ -352,19 +381,18 @@ impl Session {
     async fn register_again(
         &mut self,
         coordinator: &mut Coordinator,
+        ps: &mut ParameterServers,
         name: &str,
     ) -> Result<(), WorkerError> {
         warn!(
             worker_id = self.worker_id,
             "the coordinator took this worker's lease after a silence; registering again"
         );
-        let registration = coordinator
-            .register(RegisterRequest {
-                name: name.to_owned(),
-            })
-            .await
-            .map_err(WorkerError::rpc("Register"))?
-            .into_inner();
+        let registration = register(coordinator, name).await?;
+        if registration.worker_id != self.worker_id {
+            // Kept pushes carry the old id's sequence numbers.
+            ps.clear_retained();
+        }
         self.worker_id = registration.worker_id;
         self.report.worker_id = registration.worker_id;
         self.needs_pull = true;
@@ -381,9 +409,13 @@ impl Session {
             .expect("the trainer is back from the blocking pool between steps")
     }
 
+    /// Pulls θ. Sequence numbers go on from the highest one the servers
+    /// applied, so a worker that takes the id of one that died is not taken
+    /// for a retry of its pushes.
     async fn pull(&mut self, ps: &mut ParameterServers) -> Result<(), WorkerError> {
         let worker_id = self.worker_id;
-        ps.pull(worker_id, &mut self.trainer().params).await?;
+        let applied = ps.pull(worker_id, &mut self.trainer().params).await?;
+        self.sequence = self.sequence.max(applied);
         self.since_fetch = 0;
         Ok(())
     }
@@ -396,7 +428,12 @@ impl Session {
         if let Some(shard) = self.shards.get(&index) {
             return Ok(shard.clone());
         }
-        let shard = Arc::new(fetch_shard(coordinator, index).await?);
+        let shard = retry_unreachable("coordinator", "FetchShard", || {
+            let mut coordinator = coordinator.clone();
+            async move { fetch_shard(&mut coordinator, index).await }
+        })
+        .await?;
+        let shard = Arc::new(shard);
         let expected = self.trainer().inputs();
         if shard.num_features() != expected {
             return Err(WorkerError::ShardShape {
@@ -566,9 +603,9 @@ impl Session {
             self.report.pushes += 1;
         }
         if outcome.resync {
-            warn!(
+            info!(
                 worker_id = self.worker_id,
-                "a parameter server is behind this worker's θ, as after a restore; pulling θ again"
+                "a parameter server restarted and got this worker's lost pushes again; pulling θ"
             );
             self.pull(ps).await?;
         }
