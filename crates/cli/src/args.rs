@@ -187,6 +187,10 @@ pub struct PsArgs {
     /// server restarts, so a longer interval costs worker memory.
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: u64,
+    /// Seconds after which a checkpoint is written even if fewer than
+    /// --checkpoint-every updates arrived [default: updates only].
+    #[arg(long)]
+    pub checkpoint_seconds: Option<f64>,
     /// Resume from the checkpoint in --checkpoint-dir instead of waiting
     /// for the coordinator's initial θ.
     #[arg(long, requires = "checkpoint_dir")]

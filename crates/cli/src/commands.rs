@@ -186,6 +186,15 @@ async fn ps(args: PsArgs) -> anyhow::Result<()> {
     if args.checkpoint_every == 0 {
         bail!("--checkpoint-every must be at least 1 update, got 0");
     }
+    let every = match args.checkpoint_seconds {
+        None => None,
+        Some(seconds) if seconds.is_finite() && seconds >= 0.01 => {
+            Some(Duration::from_secs_f64(seconds))
+        }
+        Some(seconds) => {
+            bail!("--checkpoint-seconds must be at least 0.01 seconds, got {seconds}")
+        }
+    };
     let mut service = ParameterServerService::new();
     if let Some(dir) = &args.checkpoint_dir {
         std::fs::create_dir_all(dir).with_context(|| {
@@ -198,6 +207,7 @@ async fn ps(args: PsArgs) -> anyhow::Result<()> {
         service = service.with_checkpointing(Checkpointing {
             path: path.clone(),
             every_updates: args.checkpoint_every,
+            every,
         });
         if args.restore {
             service = service.restore(&path)?;

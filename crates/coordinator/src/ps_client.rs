@@ -24,7 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// that does not reply, as while it restarts from a checkpoint.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
-/// Pulls with `request`, retrying while the server is unreachable.
+/// Pulls with `request`, retrying while the server is unreachable. A
+/// server killed mid-request shows up as UNAVAILABLE, UNKNOWN or CANCELLED,
+/// depending on where the connection broke.
 async fn pull_with_retry(client: &mut PsClient, request: PullRequest) -> Result<PullReply, Status> {
     let deadline = Instant::now() + RETRY_FOR;
     let mut backoff = Duration::from_millis(100);
@@ -32,8 +34,10 @@ async fn pull_with_retry(client: &mut PsClient, request: PullRequest) -> Result<
         match client.pull(request).await {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(status)
-                if matches!(status.code(), Code::Unavailable | Code::Unknown)
-                    && Instant::now() < deadline =>
+                if matches!(
+                    status.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) && Instant::now() < deadline =>
             {
                 warn!(
                     code = ?status.code(),

@@ -107,6 +107,9 @@ pub struct Checkpointing {
     pub path: PathBuf,
     /// Updates between two checkpoints.
     pub every_updates: u64,
+    /// Longest time between two checkpoints while updates arrive; `None`
+    /// counts updates only.
+    pub every: Option<std::time::Duration>,
 }
 
 /// The checkpoint policy and the state of the background writer.
@@ -115,6 +118,8 @@ struct CheckpointWriter {
     settings: Checkpointing,
     /// Version of the last checkpoint started.
     last_version: AtomicU64,
+    /// When the last checkpoint started.
+    last_time: Mutex<std::time::Instant>,
     /// Held while a checkpoint is written, so that writes never overlap.
     busy: Arc<tokio::sync::Mutex<()>>,
     /// Per worker, the highest sequence number the last written checkpoint
@@ -180,6 +185,7 @@ impl ParameterServerService {
         self.checkpoint = Some(Arc::new(CheckpointWriter {
             settings,
             last_version: AtomicU64::new(0),
+            last_time: Mutex::new(std::time::Instant::now()),
             busy: Arc::default(),
             durable: Arc::default(),
         }));
@@ -238,13 +244,19 @@ impl ParameterServerService {
         let Some(writer) = &self.checkpoint else {
             return;
         };
-        let due = writer.settings.every_updates.max(1);
-        if version
-            < writer
-                .last_version
-                .load(Ordering::Relaxed)
-                .saturating_add(due)
-        {
+        let last_version = writer.last_version.load(Ordering::Relaxed);
+        let updates_due =
+            version >= last_version.saturating_add(writer.settings.every_updates.max(1));
+        let time_due = version > last_version
+            && writer.settings.every.is_some_and(|every| {
+                writer
+                    .last_time
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .elapsed()
+                    >= every
+            });
+        if !(updates_due || time_due) {
             return;
         }
         let Ok(guard) = writer.busy.clone().try_lock_owned() else {
@@ -254,6 +266,10 @@ impl ParameterServerService {
             return;
         };
         writer.last_version.store(version, Ordering::Relaxed);
+        *writer
+            .last_time
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = std::time::Instant::now();
         let path = writer.settings.path.clone();
         let durable = writer.durable.clone();
         tokio::task::spawn_blocking(move || {
@@ -289,7 +305,7 @@ impl ParameterServerService {
 
     /// Encodes a checkpoint of the current state, and returns it with its
     /// version and the sequence numbers it holds.
-    fn encode_checkpoint(&self) -> Option<(Vec<u8>, u64, Vec<(u32, u64, u64)>)> {
+    fn encode_checkpoint(&self) -> Option<(Vec<u8>, u64, SequenceRecords)> {
         let state = self.lock();
         let store = state.store.as_ref()?;
         Some((
@@ -473,6 +489,10 @@ fn f32s_in_place(request: &PushRequest) -> Option<&[f32]> {
 
 /// Writes checkpoint `bytes` to `path` through a temporary file, fsync and
 /// rename, so that the file at `path` is always a whole checkpoint.
+/// Per worker: the highest applied sequence number and the version its
+/// step completes at.
+type SequenceRecords = Vec<(u32, u64, u64)>;
+
 /// Returns whether the file was written.
 fn write_checkpoint(path: &Path, bytes: &[u8], version: u64) -> bool {
     match downpour_data::atomic::write_atomic(path, bytes) {

@@ -226,3 +226,105 @@ async fn next_sequence_applies_after_duplicate() {
     assert_eq!(next.version, 2);
     assert_eq!(decode_f32s(&next.params).expect("θ"), [-1.0, 4.0]);
 }
+
+/// Connects to a server that runs `service` on 127.0.0.1.
+async fn serve_on_loopback(service: downpour_ps::ParameterServerService) -> Client {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let token = ClusterToken::random();
+    tokio::spawn(downpour_ps::serve_service(
+        service,
+        listener,
+        token.clone(),
+        pending(),
+    ));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    ParameterServerClient::new(authenticated(channel, &token))
+}
+
+#[tokio::test]
+async fn restored_server_gets_lost_pushes_again() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let live_path = dir.path().join("ps.safetensors");
+    let service =
+        downpour_ps::ParameterServerService::new().with_checkpointing(downpour_ps::Checkpointing {
+            path: live_path.clone(),
+            every_updates: 2,
+            every: None,
+        });
+    let mut live = serve_on_loopback(service).await;
+    live.init(init(&INITIAL, 0.5, 1, 100)).await.expect("init");
+    let gradients = [
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0],
+        [1.0, 1.0, 1.0],
+    ];
+
+    for (sequence, gradient) in (1..=2).zip(&gradients) {
+        live.push(push(0, sequence, gradient)).await.expect("push");
+    }
+    // The checkpoint at version 2 is written in the background.
+    let mut durable = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if live_path.exists() {
+            let reply = live.push(push(0, 2, &gradients[1])).await.expect("repeat");
+            durable = reply.into_inner().durable_sequence;
+            if durable == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(durable, 2, "the checkpoint at version 2 holds push 2");
+    let saved = dir.path().join("saved.safetensors");
+    std::fs::copy(&live_path, &saved).expect("copy the checkpoint");
+    let reply = live
+        .push(push(0, 3, &gradients[2]))
+        .await
+        .expect("push 3")
+        .into_inner();
+    assert_eq!(reply.durable_sequence, 2, "push 3 is in no checkpoint yet");
+    live.push(push(0, 4, &gradients[3])).await.expect("push 4");
+
+    // A server restored from the copy lacks pushes 3 and 4.
+    let restored = downpour_ps::ParameterServerService::new()
+        .with_checkpointing(downpour_ps::Checkpointing {
+            path: dir.path().join("restored.safetensors"),
+            every_updates: 100,
+            every: None,
+        })
+        .restore(&saved)
+        .expect("restore");
+    let mut restored = serve_on_loopback(restored).await;
+    let skipped = restored
+        .push(push(0, 5, &[1.0, 2.0, 3.0]))
+        .await
+        .expect_err("push 5 skips 3 and 4");
+    assert_eq!(skipped.code(), Code::OutOfRange, "{skipped:?}");
+    let (version, _) = theta(&mut restored).await;
+    assert_eq!(version, 2, "the skipping push left θ alone");
+    let applied = restored
+        .pull(PullRequest {
+            worker_id: Some(0),
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+        .applied_sequence;
+    assert_eq!(applied, 2);
+
+    for (sequence, gradient) in (3..=4).zip(&gradients[2..]) {
+        let resent = PushRequest {
+            resend: true,
+            ..push(0, sequence, gradient)
+        };
+        restored.push(resent).await.expect("resend");
+    }
+    assert_eq!(theta(&mut restored).await, theta(&mut live).await);
+}

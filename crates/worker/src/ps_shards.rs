@@ -423,7 +423,9 @@ where
 
 /// Runs `attempt` until it succeeds, fails for a reason other than an
 /// unreachable `peer`, or [`RETRY_FOR`] passes, waiting longer after each
-/// failure. The request must be safe to send twice.
+/// failure. A peer killed mid-request shows up as UNAVAILABLE, UNKNOWN or
+/// CANCELLED, depending on where the connection broke. The request must be
+/// safe to send twice.
 pub(crate) async fn retry_unreachable<T, F, Fut>(
     peer: &'static str,
     call: &'static str,
@@ -438,8 +440,10 @@ where
     loop {
         match attempt().await {
             Err(WorkerError::Rpc { code, message, .. })
-                if matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown)
-                    && Instant::now() < deadline =>
+                if matches!(
+                    code,
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) && Instant::now() < deadline =>
             {
                 warn!(
                     peer,

@@ -199,7 +199,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     pushes_acked: session.report.pushes,
                 };
                 let done = retry_unreachable("coordinator", "CompleteWork", || {
-                    let (mut coordinator, request) = (coordinator.clone(), request.clone());
+                    let (mut coordinator, request) = (coordinator.clone(), request);
                     async move {
                         coordinator
                             .complete_work(request)
