@@ -6,6 +6,8 @@
 //! a θ passed in by the caller, using a reusable [`Workspace`] for intermediate buffers.
 //! The crate does no file or network I/O.
 
+pub mod clip;
+pub mod curvature;
 mod description;
 mod error;
 mod evaluation;
@@ -16,6 +18,7 @@ mod softmax;
 mod spec;
 mod workspace;
 
+pub use curvature::{CurvatureProbe, probe_curvature};
 pub use description::{ModelDescription, TensorInfo};
 pub use error::ModelError;
 pub use evaluation::Evaluation;
