@@ -110,6 +110,15 @@ pub struct TrainingArgs {
     /// from 1 to 255; larger ranges travel in several messages.
     #[arg(long, default_value_t = 4)]
     pub piece_mib: usize,
+    /// Largest Euclidean norm of a pushed gradient over all of θ; a worker
+    /// rescales a larger gradient to it before it pushes. 0 turns norm
+    /// clipping off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub clip_norm: f32,
+    /// Largest absolute value of a pushed gradient value; a worker clamps
+    /// larger values to it. 0 turns value clipping off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub clip_value: f32,
     /// Output folder for the summary, event log and checkpoints
     /// [default: runs/<date>-<time>].
     #[arg(long)]
@@ -313,6 +322,8 @@ impl TrainingArgs {
             lease_timeout: std::time::Duration::try_from_secs_f64(self.lease_timeout)
                 .unwrap_or_default(),
             resume: false,
+            clip_norm: self.clip_norm,
+            clip_value: self.clip_value,
         }
     }
 

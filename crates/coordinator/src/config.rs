@@ -78,6 +78,12 @@ pub struct CoordinatorConfig {
     /// Go on with the run whose state `run_dir` holds, instead of starting
     /// a new one.
     pub resume: bool,
+    /// Largest Euclidean norm of a pushed gradient over all of θ; workers
+    /// rescale larger ones. 0 turns norm clipping off.
+    pub clip_norm: f32,
+    /// Largest absolute value of a pushed gradient value; workers clamp
+    /// larger ones. 0 turns value clipping off.
+    pub clip_value: f32,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -125,6 +131,10 @@ pub enum ConfigError {
     CompensationWithSync,
     #[error("--dc-lambda must be zero or positive, got {0}")]
     InvalidDcLambda(f32),
+    #[error("--clip-norm must be zero (off) or a positive number, got {0}")]
+    InvalidClipNorm(f32),
+    #[error("--clip-value must be zero (off) or a positive number, got {0}")]
+    InvalidClipValue(f32),
 }
 
 impl CoordinatorConfig {
@@ -158,6 +168,8 @@ impl CoordinatorConfig {
             piece_values: DEFAULT_PIECE_VALUES,
             lease_timeout: Duration::from_secs_f64(defaults::LEASE_TIMEOUT_SECS),
             resume: false,
+            clip_norm: 0.0,
+            clip_value: 0.0,
         }
     }
 
@@ -199,6 +211,12 @@ impl CoordinatorConfig {
         }
         if self.ps_addresses.is_empty() {
             return Err(ConfigError::NoParameterServers);
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return Err(ConfigError::InvalidClipNorm(self.clip_norm));
+        }
+        if !(self.clip_value.is_finite() && self.clip_value >= 0.0) {
+            return Err(ConfigError::InvalidClipValue(self.clip_value));
         }
         if self.push_every == 0 {
             return Err(ConfigError::ZeroPushEvery(self.push_every));

@@ -13,6 +13,7 @@
 //! ```
 
 mod config;
+mod diagnostics;
 mod early_stopping;
 mod error;
 mod prepare;
@@ -25,6 +26,10 @@ mod service;
 mod state;
 
 pub use config::{ConfigError, CoordinatorConfig, defaults};
+pub use diagnostics::{
+    ClippingCounts, EvalDiagnostics, GradientNormStats, PROBE_EXAMPLES, PUSHES_FILE,
+    RUNNING_MEAN_PASSES, effective_learning_rate,
+};
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use error::CoordinatorError;
 pub use prepare::{EvalSet, PreparedRun, prepare};

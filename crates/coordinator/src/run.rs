@@ -21,6 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tracing::{info, warn};
 
 use crate::config::CoordinatorConfig;
+use crate::diagnostics::{CurvatureSet, EvalDiagnostics, PushRecorder};
 use crate::early_stopping::{EarlyStopping, Verdict};
 use crate::error::CoordinatorError;
 use crate::prepare::{EvalSet, PreparedRun};
@@ -182,6 +183,8 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
         // in bounded and sync modes the others wait for its own pushes.
         lease_timeout: (prepared.config.consistency == Consistency::Async)
             .then_some(prepared.config.lease_timeout),
+        clip_norm: prepared.config.clip_norm,
+        clip_value: prepared.config.clip_value,
     }
 }
 
@@ -310,6 +313,13 @@ async fn drive(
     let started = Instant::now();
     info!(workers = config.workers, "training started");
 
+    let curvature = Arc::new(Mutex::new(CurvatureSet::new(
+        &model,
+        &validation,
+        config.learning_rate,
+        config.momentum,
+    )));
+    let mut push_recorder = PushRecorder::create(run_dir.path())?;
     let evaluator = Arc::new(Mutex::new(Evaluator {
         workspace: Workspace::new(&model, EVAL_BATCH),
         model,
@@ -367,7 +377,10 @@ async fn drive(
             let best_error = stopping
                 .best()
                 .map_or(pass.error_rate(), |(error, _)| error);
-            let event = eval_event(
+            let pushes = shared.lock().pushes.take();
+            let (gradient_norm, clipping) = push_recorder.record(&pushes)?;
+            let probe = CurvatureSet::probe(&curvature, params.clone()).await?;
+            let mut event = eval_event(
                 evaluations,
                 snapshot.version,
                 epoch,
@@ -377,6 +390,11 @@ async fn drive(
                 &pass,
                 best_error,
             );
+            event.diagnostics = EvalDiagnostics {
+                gradient_norm,
+                clipping,
+                curvature: probe,
+            };
             log_progress(&event);
             run_dir.append_event(&event)?;
             previous = Mark {
@@ -680,6 +698,7 @@ fn eval_event(
         mean_staleness: (pushes > 0).then(|| {
             totals.staleness_sum.saturating_sub(previous.staleness_sum) as f64 / pushes as f64
         }),
+        diagnostics: EvalDiagnostics::default(),
     }
 }
 

@@ -13,6 +13,7 @@ use downpour_data::{atomic, checkpoint};
 use downpour_model::ModelDescription;
 use serde::Serialize;
 
+use crate::diagnostics::EvalDiagnostics;
 use crate::error::CoordinatorError;
 use crate::service::{EpochUsage, WorkerRecord};
 
@@ -39,6 +40,8 @@ pub struct EvalEvent {
     pub examples_per_second: f64,
     /// Mean staleness of the pushes since the previous pass.
     pub mean_staleness: Option<f64>,
+    #[serde(flatten)]
+    pub diagnostics: EvalDiagnostics,
 }
 
 /// Push staleness over the whole run: for each push, the number of updates

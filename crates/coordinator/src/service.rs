@@ -1,6 +1,7 @@
 //! The coordinator's gRPC service: registration, work ranges and shard
 //! bytes. The training driver in `run` shares its state.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::diagnostics::PushLog;
 use crate::schedule::{Assignment, Progress, ScheduleError, WorkRange, WorkSchedule};
 use crate::state::{DriverProgress, RunIdentity, SavedState, SavedWorker};
 
@@ -50,6 +52,9 @@ pub struct WorkerRecord {
     /// Pushes the worker reported as acknowledged by every parameter
     /// server, at its last completed range.
     pub pushes_acked: u64,
+    /// Number of this worker's pushes per staleness value, from the pushes
+    /// it reported with completed ranges.
+    pub staleness_histogram: BTreeMap<u64, u64>,
     #[serde(skip)]
     pub stop_sent: bool,
     /// Time of the worker's last request.
@@ -73,6 +78,8 @@ pub(crate) struct RunInfo {
     pub(crate) piece_values: usize,
     /// A worker silent this long loses its lease; `None` turns leases off.
     pub(crate) lease_timeout: Option<Duration>,
+    pub(crate) clip_norm: f32,
+    pub(crate) clip_value: f32,
 }
 
 #[derive(Debug)]
@@ -87,6 +94,9 @@ pub(crate) struct Inner {
     pub(crate) epochs: Vec<EpochUsage>,
     /// The driver's validation and early-stopping progress.
     pub(crate) progress: DriverProgress,
+    /// Pushes reported with completed ranges since the driver last took
+    /// them.
+    pub(crate) pushes: PushLog,
 }
 
 /// The use of one epoch's training examples.
@@ -148,6 +158,7 @@ impl Shared {
                 orphans: Vec::new(),
                 epochs: Vec::new(),
                 progress: DriverProgress::default(),
+                pushes: PushLog::default(),
             }),
             persistence,
             registered: watch::Sender::new(0),
@@ -241,6 +252,9 @@ impl Shared {
                 examples: worker.examples,
                 pushes: 0,
                 pushes_acked: worker.pushes_acked,
+                // NOTE: the saved state has no staleness histograms, so after
+                // a resume they count only the pushes reported since.
+                staleness_histogram: BTreeMap::new(),
                 stop_sent: worker.stop_sent,
                 last_contact: now,
             });
@@ -462,6 +476,7 @@ impl Coordinator for CoordinatorService {
                 examples: 0,
                 pushes: 0,
                 pushes_acked: 0,
+                staleness_histogram: BTreeMap::new(),
                 stop_sent: false,
                 last_contact: Instant::now(),
             });
@@ -511,6 +526,8 @@ impl Coordinator for CoordinatorService {
             lease_timeout_ms: info
                 .lease_timeout
                 .map_or(0, |timeout| timeout.as_millis() as u64),
+            clip_norm: info.clip_norm,
+            clip_value: info.clip_value,
         }))
     }
 
@@ -593,7 +610,16 @@ impl Coordinator for CoordinatorService {
             if let Some(worker) = inner.workers.get_mut(request.worker_id as usize) {
                 worker.minibatches += u64::from(range.batch_count);
                 worker.examples += examples;
+                for push in &request.pushes {
+                    *worker
+                        .staleness_histogram
+                        .entry(push.staleness)
+                        .or_default() += 1;
+                }
             }
+            // A range reported again carries the same pushes, so they are
+            // logged only the first time.
+            inner.pushes.add(request.worker_id, request.pushes);
         }
         match progress {
             Progress::InEpoch => {}

@@ -47,8 +47,14 @@ fn quadratic_curvature_is_exact() {
         .flat_map(|i| (0..3).map(move |j| (i, j)))
         .map(|(i, j)| g[i] * quadratic.a[i][j] * g[j])
         .sum();
-    assert!((probe.gradient_norm_squared - gg).abs() < 1e-5 * gg, "{probe:?}");
-    assert!((probe.curvature - ghg).abs() < 1e-3 * ghg, "{probe:?} vs {ghg}");
+    assert!(
+        (probe.gradient_norm_squared - gg).abs() < 1e-5 * gg,
+        "{probe:?}"
+    );
+    assert!(
+        (probe.curvature - ghg).abs() < 1e-3 * ghg,
+        "{probe:?} vs {ghg}"
+    );
     let predicted = 0.5 * learning_rate * learning_rate * ghg - learning_rate * gg;
     assert!((probe.predicted_change - predicted).abs() < 1e-3 * predicted.abs());
     // With these values ½ε²·g'Hg < ε·g'g, so the step lowers J.
@@ -177,7 +183,10 @@ fn clipping_keeps_theta_near_cliff() {
     assert!(norm > 1000.0);
     let clipped = sgd_step(&theta, &by_norm, learning_rate);
     let moved = ((clipped[0] - theta[0]).powi(2) + (clipped[1] - theta[1]).powi(2)).sqrt();
-    assert!(moved <= 0.1 + 1e-6, "the norm-clipped step moves θ by {moved}");
+    assert!(
+        moved <= 0.1 + 1e-6,
+        "the norm-clipped step moves θ by {moved}"
+    );
     assert!(clipped[0] < 1.0, "θ must land back in the valley");
 
     let mut by_value = cliff_gradient(&theta);

@@ -3,6 +3,7 @@
 //! mean gradient at its copy of θ and pushes it to the parameter server,
 //! which replies with the updated θ.
 
+mod clipping;
 mod error;
 mod ps_shards;
 mod run;

@@ -77,6 +77,10 @@ pub(crate) struct PushOutcome {
     pub(crate) training_stopped: bool,
     /// A server is behind the worker's θ; the worker must pull θ again.
     pub(crate) resync: bool,
+    /// Version of θ after the push, the largest over the servers.
+    pub(crate) version: u64,
+    /// Staleness of the push, the largest over the servers.
+    pub(crate) staleness: u64,
 }
 
 /// Clients of every parameter server of the run, in θ order.
@@ -94,6 +98,9 @@ pub(crate) struct ParameterServers {
 #[derive(Debug)]
 struct Pushed {
     version: u64,
+    /// Version and staleness in the server's reply to the push.
+    applied_version: u64,
+    staleness: u64,
     training_stopped: bool,
     applied: bool,
     /// The server is at an older version than the worker's θ, as after a
@@ -351,6 +358,8 @@ impl ParameterServers {
             applied: true,
             training_stopped: false,
             resync: false,
+            version: 0,
+            staleness: 0,
         };
         let mut replays = Vec::new();
         let mut pushes = JoinSet::new();
@@ -376,6 +385,8 @@ impl ParameterServers {
             }
             outcome.applied &= pushed.applied;
             outcome.training_stopped |= pushed.training_stopped;
+            outcome.version = outcome.version.max(pushed.applied_version);
+            outcome.staleness = outcome.staleness.max(pushed.staleness);
             let server = &mut self.servers[index];
             server.durable = pushed.durable;
             if gradient.fetch {
@@ -397,6 +408,8 @@ impl Pushed {
     fn resync() -> Self {
         Self {
             version: 0,
+            applied_version: 0,
+            staleness: 0,
             training_stopped: false,
             applied: false,
             resync: true,
@@ -514,6 +527,8 @@ async fn push_range(
         };
         return Ok(Pushed {
             version: reply.version,
+            applied_version: reply.version,
+            staleness: reply.staleness,
             training_stopped: reply.training_stopped,
             applied: reply.applied,
             resync: false,
@@ -544,6 +559,8 @@ async fn push_range(
     let reply = reply.unwrap_or_default();
     let mut pushed = Pushed {
         version: reply.version,
+        applied_version: reply.version,
+        staleness: reply.staleness,
         training_stopped: reply.training_stopped,
         applied: reply.applied,
         resync: false,

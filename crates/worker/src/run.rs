@@ -14,11 +14,12 @@ use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
     CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatRequest, NextWorkRequest,
-    RegisterReply, RegisterRequest, WorkRange, next_work_reply,
+    PushRecord, RegisterReply, RegisterRequest, WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
 use tracing::{debug, info, warn};
 
+use crate::clipping::Clipping;
 use crate::error::WorkerError;
 use crate::ps_shards::{Gradient, ParameterServers, PushOutcome, retry_unreachable};
 use crate::trainer::Trainer;
@@ -131,6 +132,11 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
         push_every,
         fetch_every: registration.fetch_every,
         encoding,
+        clipping: Clipping {
+            max_norm: registration.clip_norm,
+            max_value: registration.clip_value,
+        },
+        pushes: Vec::new(),
         accumulated: Accumulated::new(if push_every > 1 {
             trainer.gradient.len()
         } else {
@@ -197,6 +203,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     worker_id,
                     work: Some(range),
                     pushes_acked: session.report.pushes,
+                    pushes: std::mem::take(&mut session.pushes),
                 };
                 let done = retry_unreachable("coordinator", "CompleteWork", || {
                     let (mut coordinator, request) = (coordinator.clone(), request);
@@ -309,6 +316,9 @@ struct Session {
     /// Minibatches between refreshes of θ; 0 refreshes with every push.
     fetch_every: u32,
     encoding: GradientEncoding,
+    clipping: Clipping,
+    /// Applied pushes of the current range, sent with its completion.
+    pushes: Vec<PushRecord>,
     /// Gradients waiting for the next push, when `push_every` is above 1.
     accumulated: Accumulated,
     /// `None` only while a step runs on the blocking pool.
@@ -397,6 +407,7 @@ impl Session {
         self.report.worker_id = registration.worker_id;
         self.needs_pull = true;
         self.since_fetch = 0;
+        self.pushes.clear();
         if self.push_every > 1 {
             self.accumulated.clear();
         }
@@ -569,16 +580,18 @@ impl Session {
             trainer,
             encoding,
             wire,
+            clipping,
             ..
         } = self;
         let trainer = trainer.as_mut().expect("the trainer is idle between steps");
         let (gradient, examples, loss) = if self.push_every > 1 {
             accumulated.add(&trainer.gradient, examples, loss);
             let (examples, loss) = accumulated.finish();
-            (&accumulated.sum, examples, loss)
+            (&mut accumulated.sum, examples, loss)
         } else {
-            (&trainer.gradient, examples as u32, loss)
+            (&mut trainer.gradient, examples as u32, loss)
         };
+        let mut record = clipping.apply(gradient);
         let bytes = match encoding {
             GradientEncoding::F32 => encode_f32s_reusing(gradient, wire),
             GradientEncoding::Bf16 => encode_bf16s_reusing(gradient, wire),
@@ -601,6 +614,9 @@ impl Session {
         }
         if outcome.applied {
             self.report.pushes += 1;
+            record.version = outcome.version;
+            record.staleness = outcome.staleness;
+            self.pushes.push(record);
         }
         if outcome.resync {
             info!(
