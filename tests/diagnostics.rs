@@ -1,0 +1,191 @@
+//! Optimizer diagnostics of whole in-process clusters on a subset of the
+//! bundled MNIST: the ill-conditioning check at two learning rates, and
+//! gradient clipping counted per evaluation.
+
+#![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
+
+mod support;
+
+use std::future::pending;
+use std::path::Path;
+use std::time::Duration;
+
+use downpour_coordinator::{CoordinatorConfig, RunSummary, defaults, prepare};
+use downpour_model::ModelSpec;
+use downpour_proto::auth::ClusterToken;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Clusters in this file run one at a time, so that they do not starve
+/// each other's workers.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Trains `mlp:64` with two workers and one parameter server on `data`,
+/// with `adjust` applied to the settings, and returns the summary and the
+/// rows of `events.jsonl`.
+async fn train(
+    data: &Path,
+    run_dir: &Path,
+    adjust: impl FnOnce(&mut CoordinatorConfig),
+) -> (RunSummary, Vec<Value>) {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let ps_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ps_address = ps_listener.local_addr().unwrap().to_string();
+    let coordinator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator_address = coordinator_listener.local_addr().unwrap().to_string();
+    let mut config = CoordinatorConfig {
+        data: data.to_owned(),
+        model: ModelSpec::Mlp { hidden: vec![64] },
+        workers: 2,
+        eval_every: 20,
+        patience: 100,
+        max_epochs: 2,
+        validation_size: 1_000,
+        ..CoordinatorConfig::with_defaults(run_dir.to_owned(), vec![ps_address])
+    };
+    adjust(&mut config);
+    let prepared = prepare(config).unwrap();
+    let token = ClusterToken::random();
+    let server = tokio::spawn(downpour_ps::serve(ps_listener, token.clone(), pending()));
+    let workers: Vec<_> = (0..2)
+        .map(|index| {
+            let config = downpour_worker::WorkerConfig {
+                coordinator: coordinator_address.clone(),
+                ps: None,
+                name: format!("test-{index}"),
+                connect_timeout: Duration::from_secs(10),
+                token: token.clone(),
+            };
+            tokio::spawn(downpour_worker::run(config, pending()))
+        })
+        .collect();
+    let summary = timeout(
+        TIMEOUT,
+        downpour_coordinator::run(prepared, coordinator_listener, token, pending()),
+    )
+    .await
+    .expect("training finished in time")
+    .expect("training succeeded");
+    for worker in workers {
+        let report = timeout(TIMEOUT, worker).await.unwrap().unwrap();
+        report.expect("worker stopped cleanly");
+    }
+    timeout(TIMEOUT, server).await.unwrap().unwrap().unwrap();
+    let events = std::fs::read_to_string(run_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (summary, events)
+}
+
+/// Checks each row's curvature columns against each other and returns the
+/// share of flagged evaluations.
+fn flagged_share(events: &[Value], learning_rate: f64) -> f64 {
+    let mut flagged = 0;
+    for event in events {
+        let curvature = &event["curvature"];
+        let gg = curvature["gradient_norm_squared"].as_f64().unwrap();
+        let ghg = curvature["curvature"].as_f64().unwrap();
+        let epsilon = curvature["learning_rate"].as_f64().unwrap();
+        assert!((epsilon - learning_rate).abs() < 1e-6 * learning_rate);
+        let predicted = curvature["predicted_change"].as_f64().unwrap();
+        let expected = 0.5 * epsilon * epsilon * ghg - epsilon * gg;
+        assert!((predicted - expected).abs() <= 1e-9 * expected.abs().max(1.0));
+        let flag = curvature["ill_conditioned"].as_bool().unwrap();
+        assert_eq!(flag, 0.5 * epsilon * epsilon * ghg > epsilon * gg, "{event}");
+        flagged += usize::from(flag);
+    }
+    flagged as f64 / events.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curvature_flag_at_two_learning_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 6_000, 1_000);
+    let momentum = f64::from(defaults::MOMENTUM);
+
+    let (_, default_events) = train(&data, &dir.path().join("default"), |config| {
+        config.eval_every = 10;
+    })
+    .await;
+    let default_rate = f64::from(defaults::LEARNING_RATE) / (1.0 - momentum);
+    let default_share = flagged_share(&default_events, default_rate);
+
+    let (_, fast_events) = train(&data, &dir.path().join("tenfold"), |config| {
+        config.learning_rate = 10.0 * defaults::LEARNING_RATE;
+        config.eval_every = 10;
+    })
+    .await;
+    let fast_rate = 10.0 * f64::from(defaults::LEARNING_RATE) / (1.0 - momentum);
+    let fast_share = flagged_share(&fast_events, fast_rate);
+
+    eprintln!(
+        "flagged evaluations: {default_share:.2} of {} at the default learning rate, {fast_share:.2} of {} at ten times it",
+        default_events.len(),
+        fast_events.len()
+    );
+    assert!(default_events.len() >= 5);
+    assert!(fast_events.len() >= 5);
+    assert!(fast_share > default_share);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clip_norm_counted_per_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
+    let run_dir = dir.path().join("run");
+    let clip_norm = 0.05;
+    let (summary, events) = train(&data, &run_dir, |config| {
+        config.max_epochs = 1;
+        config.clip_norm = clip_norm;
+    })
+    .await;
+
+    let pushes: Vec<Value> = std::fs::read_to_string(run_dir.join("pushes.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(!pushes.is_empty());
+    let clipped_rows = pushes
+        .iter()
+        .filter(|push| push["clipped_by_norm"].as_bool().unwrap())
+        .count();
+    for push in &pushes {
+        let norm = push["gradient_norm"].as_f64().unwrap();
+        assert_eq!(
+            push["clipped_by_norm"].as_bool().unwrap(),
+            norm > f64::from(clip_norm),
+            "{push}"
+        );
+    }
+    // Early gradients of the MLP have norms near 1, far above 0.05.
+    assert!(clipped_rows * 2 > pushes.len(), "{clipped_rows} clipped");
+
+    let sum = |field: &str| -> u64 {
+        events
+            .iter()
+            .map(|event| event["clipping"][field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("pushes"), pushes.len() as u64);
+    assert_eq!(sum("clipped_by_norm"), clipped_rows as u64);
+    assert_eq!(sum("clipped_values"), 0);
+    let norm_count: u64 = events
+        .iter()
+        .filter_map(|event| event["gradient_norm"]["count"].as_u64())
+        .sum();
+    assert_eq!(norm_count, pushes.len() as u64);
+
+    // Every push reported by a worker is in its staleness histogram.
+    let per_worker: u64 = summary
+        .per_worker
+        .iter()
+        .flat_map(|worker| worker.staleness_histogram.values())
+        .sum();
+    assert_eq!(per_worker, pushes.len() as u64);
+}
