@@ -30,6 +30,36 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Score a saved checkpoint on a data set.
     Eval(EvalArgs),
+    /// Measure the training and validation cost along the line from θ₀ to
+    /// the best θ of a finished run, and write landscape.csv and
+    /// landscape.svg into its directory.
+    Landscape(LandscapeArgs),
+    /// Write report.html, one self-contained page of plots, into a finished
+    /// run's directory.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LandscapeArgs {
+    /// Directory of a finished run (with summary.json, initial.safetensors
+    /// and best.safetensors).
+    pub run_dir: PathBuf,
+    /// Data the run trained on [default: the path in summary.json].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Points along α from −0.5 to 1.5; 21 gives steps of 0.1.
+    #[arg(long, default_value_t = 21)]
+    pub points: usize,
+    /// Training examples the training cost is measured on, drawn with the
+    /// run's shuffle; 0 takes the whole training split.
+    #[arg(long, default_value_t = 10_000)]
+    pub train_examples: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Directory of a finished run (with summary.json and events.jsonl).
+    pub run_dir: PathBuf,
 }
 
 /// Settings of a training run, shared by `train` and `coordinator`.

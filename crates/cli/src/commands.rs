@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::args::{
-    Cli, Command, CoordinatorArgs, EvalArgs, PsArgs, Split, TrainArgs, TrainingArgs, WorkerArgs,
+    Cli, Command, CoordinatorArgs, EvalArgs, LandscapeArgs, PsArgs, ReportArgs, Split, TrainArgs,
+    TrainingArgs, WorkerArgs,
 };
 
 /// Runs the chosen subcommand.
@@ -24,6 +25,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ps(args) => ps(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Eval(args) => eval(args).await,
+        Command::Landscape(args) => landscape(args).await,
+        Command::Report(args) => report(args),
     }
 }
 
@@ -286,4 +289,41 @@ fn evaluate_checkpoint(args: &EvalArgs) -> anyhow::Result<String> {
         "loss": pass.mean_loss(),
     });
     Ok(serde_json::to_string_pretty(&report)?)
+}
+
+async fn landscape(args: LandscapeArgs) -> anyhow::Result<()> {
+    let options = downpour_report::LandscapeOptions {
+        data: args.data,
+        points: args.points,
+        train_examples: args.train_examples,
+    };
+    let run_dir = args.run_dir;
+    let (points, run_dir) = tokio::task::spawn_blocking(move || {
+        downpour_report::landscape(&run_dir, &options).map(|points| (points, run_dir))
+    })
+    .await
+    .context("landscape task failed")??;
+    println!("    alpha  train loss  train error  val loss  val error");
+    for p in &points {
+        println!(
+            "{:>9.2}  {:>10.4}  {:>10.2}%  {:>8.4}  {:>8.2}%",
+            p.alpha,
+            p.train_loss,
+            100.0 * p.train_error,
+            p.validation_loss,
+            100.0 * p.validation_error
+        );
+    }
+    println!(
+        "wrote {} and {}",
+        run_dir.join(downpour_report::landscape::LANDSCAPE_CSV).display(),
+        run_dir.join(downpour_report::landscape::LANDSCAPE_SVG).display()
+    );
+    Ok(())
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let path = downpour_report::write_report(&args.run_dir)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

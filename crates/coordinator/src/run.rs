@@ -541,6 +541,8 @@ async fn drive(
         learning_rate: config.learning_rate,
         momentum: config.momentum,
         weight_decay: config.weight_decay,
+        clip_norm: config.clip_norm,
+        clip_value: config.clip_value,
         seed: config.seed,
         eval_every: config.eval_every,
         patience: config.patience,

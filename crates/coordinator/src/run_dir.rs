@@ -117,6 +117,9 @@ pub struct RunSummary {
     pub learning_rate: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// `--clip-norm` and `--clip-value`; 0 when off.
+    pub clip_norm: f32,
+    pub clip_value: f32,
     pub seed: u64,
     pub eval_every: u64,
     pub patience: u32,
