@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use downpour_coordinator::{CoordinatorConfig, RunSummary, defaults, prepare};
-use downpour_model::ModelSpec;
+use downpour_data::{checkpoint, mnist};
+use downpour_model::{Mlp, ModelSpec, Workspace};
 use downpour_proto::auth::ClusterToken;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -188,4 +189,66 @@ async fn clip_norm_counted_per_evaluation() {
         .flat_map(|worker| worker.staleness_histogram.values())
         .sum();
     assert_eq!(per_worker, pushes.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn landscape_endpoints_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
+    let run_dir = dir.path().join("run");
+    train(&data, &run_dir, |config| config.max_epochs = 1).await;
+
+    let options = downpour_report::LandscapeOptions {
+        data: None,
+        points: 21,
+        train_examples: 0,
+    };
+    let points = downpour_report::landscape(&run_dir, &options).unwrap();
+    assert_eq!(points.len(), 21);
+    assert_eq!(points[0].alpha, -0.5);
+    assert_eq!(points[20].alpha, 1.5);
+
+    // The costs of θ₀ and θ* measured directly on the run's splits: the
+    // validation split is the tail of the training file.
+    let splits = mnist::load(&data).unwrap();
+    let (train_split, validation) = splits.train.split_off_tail(1_000).unwrap();
+    let cost = |name: &str, set: &downpour_data::Dataset| {
+        let (description, params) =
+            checkpoint::load(&run_dir.join(format!("{name}.safetensors"))).unwrap();
+        let model = Mlp::new(&description).unwrap();
+        let mut workspace = Workspace::new(&model, 1000);
+        model.evaluate(&params, set.to_f32().view(), &set.labels, &mut workspace)
+    };
+    for (point, name) in [(&points[5], "initial"), (&points[15], "best")] {
+        let on_train = cost(name, &train_split);
+        let on_validation = cost(name, &validation);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(
+            close(point.train_loss, on_train.mean_loss()),
+            "{name}: {point:?} vs {}",
+            on_train.mean_loss()
+        );
+        assert!(close(point.train_error, on_train.error_rate()), "{name}");
+        assert!(
+            close(point.validation_loss, on_validation.mean_loss()),
+            "{name}"
+        );
+        assert!(
+            close(point.validation_error, on_validation.error_rate()),
+            "{name}"
+        );
+    }
+    assert!(run_dir.join("landscape.csv").exists());
+    let svg = std::fs::read_to_string(run_dir.join("landscape.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+
+    let report = downpour_report::write_report(&run_dir).unwrap();
+    let html = std::fs::read_to_string(report).unwrap();
+    // Ten plots of the run and the landscape.
+    assert_eq!(html.matches("<figure><svg").count(), 11);
+    assert!(html.contains("evaluations ("), "the report states the flagged share");
+    assert!(!html.contains("<script"));
+    // Nothing is loaded from elsewhere: the only URL is the SVG namespace.
+    let urls = html.replace("http://www.w3.org/2000/svg", "");
+    assert!(!urls.contains("http://") && !urls.contains("https://"));
 }

@@ -157,7 +157,9 @@ impl Chart {
         if x.1 <= x.0 {
             x = (x.0 - 0.5, x.1 + 0.5);
         }
-        if y.1 <= y.0 {
+        if y.1 <= y.0 && self.y_from_zero && y.0 == 0.0 {
+            y = (0.0, 1.0);
+        } else if y.1 <= y.0 {
             let pad = y.0.abs().max(1.0) * 0.1;
             y = (y.0 - pad, y.1 + pad);
         } else {
@@ -193,7 +195,14 @@ impl Chart {
                 (b - a).max(1.0)
             );
         }
-        for tick in ticks(x0, x1, 6) {
+        let integer_x = self
+            .series
+            .iter()
+            .any(|s| matches!(s.mark, Mark::Bars { .. }));
+        let x_ticks = ticks(x0, x1, 6)
+            .into_iter()
+            .filter(|tick| !integer_x || tick.fract() == 0.0);
+        for tick in x_ticks {
             let px = sx(tick);
             let _ = write!(
                 w,
