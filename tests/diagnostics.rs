@@ -97,7 +97,11 @@ fn flagged_share(events: &[Value], learning_rate: f64) -> f64 {
         let expected = 0.5 * epsilon * epsilon * ghg - epsilon * gg;
         assert!((predicted - expected).abs() <= 1e-9 * expected.abs().max(1.0));
         let flag = curvature["ill_conditioned"].as_bool().unwrap();
-        assert_eq!(flag, 0.5 * epsilon * epsilon * ghg > epsilon * gg, "{event}");
+        assert_eq!(
+            flag,
+            0.5 * epsilon * epsilon * ghg > epsilon * gg,
+            "{event}"
+        );
         flagged += usize::from(flag);
     }
     flagged as f64 / events.len() as f64
@@ -246,9 +250,13 @@ async fn landscape_endpoints_and_report() {
     let html = std::fs::read_to_string(report).unwrap();
     // Ten plots of the run and the landscape.
     assert_eq!(html.matches("<figure><svg").count(), 11);
-    assert!(html.contains("evaluations ("), "the report states the flagged share");
+    assert!(
+        html.contains("evaluations ("),
+        "the report states the flagged share"
+    );
     assert!(!html.contains("<script"));
     // Nothing is loaded from elsewhere: the only URL is the SVG namespace.
     let urls = html.replace("http://www.w3.org/2000/svg", "");
-    assert!(!urls.contains("http://") && !urls.contains("https://"));
+    assert!(!urls.contains("http://"));
+    assert!(!urls.contains("https://"));
 }

@@ -316,8 +316,12 @@ async fn landscape(args: LandscapeArgs) -> anyhow::Result<()> {
     }
     println!(
         "wrote {} and {}",
-        run_dir.join(downpour_report::landscape::LANDSCAPE_CSV).display(),
-        run_dir.join(downpour_report::landscape::LANDSCAPE_SVG).display()
+        run_dir
+            .join(downpour_report::landscape::LANDSCAPE_CSV)
+            .display(),
+        run_dir
+            .join(downpour_report::landscape::LANDSCAPE_SVG)
+            .display()
     );
     Ok(())
 }

@@ -206,7 +206,13 @@ pub(crate) fn read_csv(run_dir: &Path) -> anyhow::Result<Option<Vec<LandscapePoi
                     number + 1
                 )
             })?;
-        let [alpha, train_loss, train_error, validation_loss, validation_error] = values[..]
+        let [
+            alpha,
+            train_loss,
+            train_error,
+            validation_loss,
+            validation_error,
+        ] = values[..]
         else {
             bail!(
                 "{} line {}: expected five numbers, found {}; run `downpour landscape` again",

@@ -25,7 +25,7 @@ const RED: &str = "#c0392b";
 const PURPLE: &str = "#8e44ad";
 const WORKER_COLORS: [&str; 6] = [BLUE, ORANGE, GREEN, PURPLE, "#7f8c8d", "#17becf"];
 
-/// A plot and the sentence that says how to read it.
+/// A plot and the sentence that explains how to read it.
 struct Figure {
     chart: Chart,
     caption: String,
@@ -78,7 +78,8 @@ pub fn write_report(run_dir: &Path) -> anyhow::Result<PathBuf> {
     let events_path = run_dir.join("events.jsonl");
     let events: Vec<Event> = read_jsonl(&events_path)?
         .with_context(|| format!("{} not found", events_path.display()))?;
-    let pushes: Vec<Push> = read_jsonl(&run_dir.join(crate::run_files::PUSHES))?.unwrap_or_default();
+    let pushes: Vec<Push> =
+        read_jsonl(&run_dir.join(crate::run_files::PUSHES))?.unwrap_or_default();
     let landscape = read_csv(run_dir)?;
     let html = render(run_dir, &settings, &events, &pushes, landscape.as_deref());
     let path = run_dir.join(REPORT_FILE);
@@ -116,9 +117,10 @@ fn render(
             caption: "Cost along the straight line from θ₀ (α = 0) to the best θ (α = 1), extended on both sides; a curve that falls smoothly from 0 to 1 means the optimizer met no barrier on the way.".to_owned(),
         });
     }
-    let name = run_dir
-        .file_name()
-        .map_or_else(|| run_dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = run_dir.file_name().map_or_else(
+        || run_dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut html = String::new();
     let _ = write!(
         html,
@@ -157,9 +159,10 @@ li {{ margin-bottom: 4px; }}
 }
 
 fn summary_table(html: &mut String, settings: &RunSettings) {
-    let test = settings
-        .test_accuracy
-        .map_or_else(|| "no test split".to_owned(), |a| format!("{:.2}%", 100.0 * a));
+    let test = settings.test_accuracy.map_or_else(
+        || "no test split".to_owned(),
+        |a| format!("{:.2}%", 100.0 * a),
+    );
     let rows = [
         ("model", settings.model.clone()),
         ("workers", settings.workers.to_string()),
@@ -278,9 +281,23 @@ fn seconds(e: &Event) -> f64 {
 }
 
 fn loss_figure(events: &[Event]) -> Figure {
-    let chart = Chart::new("Loss against updates", "updates (applied gradient steps)", "mean cross-entropy (nats)")
-        .with(Series::new("training (minibatches since the previous evaluation)", BLUE, Mark::Line, points(events, updates, |e| e.train_loss)))
-        .with(Series::new("validation", ORANGE, Mark::Line, points(events, updates, |e| Some(e.validation_loss))));
+    let chart = Chart::new(
+        "Loss against updates",
+        "updates (applied gradient steps)",
+        "mean cross-entropy (nats)",
+    )
+    .with(Series::new(
+        "training (minibatches since the previous evaluation)",
+        BLUE,
+        Mark::Line,
+        points(events, updates, |e| e.train_loss),
+    ))
+    .with(Series::new(
+        "validation",
+        ORANGE,
+        Mark::Line,
+        points(events, updates, |e| Some(e.validation_loss)),
+    ));
     Figure {
         chart,
         caption: "Both curves should fall; validation above a still-falling training curve is overfitting.".to_owned(),
@@ -288,8 +305,17 @@ fn loss_figure(events: &[Event]) -> Figure {
 }
 
 fn error_figure(events: &[Event], disagreement: Option<&Disagreement>) -> Figure {
-    let mut chart = Chart::new("Validation error against updates", "updates (applied gradient steps)", "validation 0-1 error (%)")
-        .with(Series::new("validation 0-1 error", RED, Mark::Line, points(events, updates, |e| Some(100.0 * e.validation_error))));
+    let mut chart = Chart::new(
+        "Validation error against updates",
+        "updates (applied gradient steps)",
+        "validation 0-1 error (%)",
+    )
+    .with(Series::new(
+        "validation 0-1 error",
+        RED,
+        Mark::Line,
+        points(events, updates, |e| Some(100.0 * e.validation_error)),
+    ));
     if let Some(d) = disagreement {
         chart.bands.push(Band {
             from: d.from_updates as f64,
@@ -308,8 +334,17 @@ fn error_figure(events: &[Event], disagreement: Option<&Disagreement>) -> Figure
 }
 
 fn wall_loss_figure(events: &[Event]) -> Figure {
-    let chart = Chart::new("Training loss against wall time", "wall time since training started (s)", "mean cross-entropy (nats)")
-        .with(Series::new("training", BLUE, Mark::Line, points(events, seconds, |e| e.train_loss)));
+    let chart = Chart::new(
+        "Training loss against wall time",
+        "wall time since training started (s)",
+        "mean cross-entropy (nats)",
+    )
+    .with(Series::new(
+        "training",
+        BLUE,
+        Mark::Line,
+        points(events, seconds, |e| e.train_loss),
+    ));
     Figure {
         chart,
         caption: "The same training curve on a clock: a flat stretch here but not against updates means the cluster slowed down.".to_owned(),
@@ -317,8 +352,17 @@ fn wall_loss_figure(events: &[Event]) -> Figure {
 }
 
 fn wall_error_figure(events: &[Event]) -> Figure {
-    let chart = Chart::new("Validation error against wall time", "wall time since training started (s)", "validation 0-1 error (%)")
-        .with(Series::new("validation 0-1 error", RED, Mark::Line, points(events, seconds, |e| Some(100.0 * e.validation_error))));
+    let chart = Chart::new(
+        "Validation error against wall time",
+        "wall time since training started (s)",
+        "validation 0-1 error (%)",
+    )
+    .with(Series::new(
+        "validation 0-1 error",
+        RED,
+        Mark::Line,
+        points(events, seconds, |e| Some(100.0 * e.validation_error)),
+    ));
     Figure {
         chart,
         caption: "Read the error reached after a given time; compare runs with other settings on this axis.".to_owned(),
@@ -326,9 +370,26 @@ fn wall_error_figure(events: &[Event]) -> Figure {
 }
 
 fn gradient_norm_figure(settings: &RunSettings, events: &[Event], pushes: &[Push]) -> Figure {
-    let mut chart = Chart::new("Gradient norm of each push", "updates (θ version after the push)", "‖g‖, Euclidean norm over all of θ")
-        .with(Series::new("one push", BLUE, Mark::Dots, pushes.iter().map(|p| (p.version as f64, p.gradient_norm)).collect()))
-        .with(Series::new("running mean", RED, Mark::Line, points(events, updates, |e| e.gradient_norm.map(|n| n.running_mean))));
+    let mut chart = Chart::new(
+        "Gradient norm of each push",
+        "updates (θ version after the push)",
+        "‖g‖, Euclidean norm over all of θ",
+    )
+    .with(Series::new(
+        "one push",
+        BLUE,
+        Mark::Dots,
+        pushes
+            .iter()
+            .map(|p| (p.version as f64, p.gradient_norm))
+            .collect(),
+    ))
+    .with(Series::new(
+        "running mean",
+        RED,
+        Mark::Line,
+        points(events, updates, |e| e.gradient_norm.map(|n| n.running_mean)),
+    ));
     chart.y_from_zero = true;
     if settings.clip_norm > 0.0 {
         chart.threshold = Some((settings.clip_norm, "--clip-norm".to_owned()));
@@ -345,13 +406,44 @@ fn curvature_figure(settings: &RunSettings, events: &[Event]) -> Figure {
         .iter()
         .filter_map(|e| e.curvature.map(|p| (e.updates as f64, p)))
         .collect();
-    let chart = Chart::new("Curvature along the gradient", "updates (applied gradient steps)", "squared gradient units")
-        .with(Series::new("g'g", BLUE, Mark::Line, probes.iter().map(|(x, p)| (*x, p.gradient_norm_squared)).collect()))
-        .with(Series::new("½ε·g'Hg", ORANGE, Mark::Line, probes.iter().map(|(x, p)| (*x, 0.5 * p.learning_rate * p.curvature)).collect()))
-        .with(Series::new("flagged", RED, Mark::Rings, probes.iter().filter(|(_, p)| p.ill_conditioned).map(|(x, p)| (*x, 0.5 * p.learning_rate * p.curvature)).collect()));
+    let chart = Chart::new(
+        "Curvature along the gradient",
+        "updates (applied gradient steps)",
+        "squared gradient units",
+    )
+    .with(Series::new(
+        "g'g",
+        BLUE,
+        Mark::Line,
+        probes
+            .iter()
+            .map(|(x, p)| (*x, p.gradient_norm_squared))
+            .collect(),
+    ))
+    .with(Series::new(
+        "½ε·g'Hg",
+        ORANGE,
+        Mark::Line,
+        probes
+            .iter()
+            .map(|(x, p)| (*x, 0.5 * p.learning_rate * p.curvature))
+            .collect(),
+    ))
+    .with(Series::new(
+        "flagged",
+        RED,
+        Mark::Rings,
+        probes
+            .iter()
+            .filter(|(_, p)| p.ill_conditioned)
+            .map(|(x, p)| (*x, 0.5 * p.learning_rate * p.curvature))
+            .collect(),
+    ));
     Figure {
         chart,
-        caption: format!("Where the orange curve is above the blue one (ringed), a step of ε = {epsilon:.3} along −g is predicted to raise the cost: the learning rate is too large for the curvature."),
+        caption: format!(
+            "Where the orange curve is above the blue one (ringed), a step of ε = {epsilon:.3} along −g is predicted to raise the cost: the learning rate is too large for the curvature."
+        ),
     }
 }
 
@@ -360,12 +452,31 @@ fn clipping_figure(settings: &RunSettings, events: &[Event]) -> Figure {
         events
             .iter()
             .filter(|e| e.clipping.pushes > 0)
-            .map(|e| (e.updates as f64, 100.0 * count(e) as f64 / e.clipping.pushes as f64))
+            .map(|e| {
+                (
+                    e.updates as f64,
+                    100.0 * count(e) as f64 / e.clipping.pushes as f64,
+                )
+            })
             .collect()
     };
-    let mut chart = Chart::new("Clipped pushes per evaluation", "updates (applied gradient steps)", "pushes clipped (% of the interval's pushes)")
-        .with(Series::new("by norm", BLUE, Mark::Line, share(|e| e.clipping.clipped_by_norm)))
-        .with(Series::new("by value", ORANGE, Mark::Line, share(|e| e.clipping.clipped_by_value)));
+    let mut chart = Chart::new(
+        "Clipped pushes per evaluation",
+        "updates (applied gradient steps)",
+        "pushes clipped (% of the interval's pushes)",
+    )
+    .with(Series::new(
+        "by norm",
+        BLUE,
+        Mark::Line,
+        share(|e| e.clipping.clipped_by_norm),
+    ))
+    .with(Series::new(
+        "by value",
+        ORANGE,
+        Mark::Line,
+        share(|e| e.clipping.clipped_by_value),
+    ));
     chart.y_from_zero = true;
     let state = if settings.clip_norm > 0.0 || settings.clip_value > 0.0 {
         "on"
@@ -374,14 +485,30 @@ fn clipping_figure(settings: &RunSettings, events: &[Event]) -> Figure {
     };
     Figure {
         chart,
-        caption: format!("Share of pushes that hit a cliff and were clipped (clipping {state}); steady clipping means the threshold is below the typical gradient norm."),
+        caption: format!(
+            "Share of pushes that hit a cliff and were clipped (clipping {state}); steady clipping means the threshold is below the typical gradient norm."
+        ),
     }
 }
 
 fn staleness_figure(settings: &RunSettings) -> Figure {
     let total: u64 = settings.staleness.histogram.values().sum();
-    let chart = Chart::new("Staleness of all pushes", "staleness (updates between fetching θ and pushing)", "pushes (%)")
-        .with(Series::new("all workers", BLUE, Mark::Bars { width_milli: 800 }, settings.staleness.histogram.iter().map(|(&s, &n)| (s as f64, 100.0 * n as f64 / total.max(1) as f64)).collect()));
+    let chart = Chart::new(
+        "Staleness of all pushes",
+        "staleness (updates between fetching θ and pushing)",
+        "pushes (%)",
+    )
+    .with(Series::new(
+        "all workers",
+        BLUE,
+        Mark::Bars { width_milli: 800 },
+        settings
+            .staleness
+            .histogram
+            .iter()
+            .map(|(&s, &n)| (s as f64, 100.0 * n as f64 / total.max(1) as f64))
+            .collect(),
+    ));
     Figure {
         chart,
         caption: "Mass at 0 means fresh gradients; a long tail means workers compute on old θ, which acts like extra momentum.".to_owned(),
@@ -396,7 +523,11 @@ fn worker_staleness_figure(settings: &RunSettings) -> Figure {
         .iter()
         .flat_map(|w| w.staleness_histogram.keys().copied())
         .collect();
-    let mut chart = Chart::new("Staleness per worker", "staleness (updates between fetching θ and pushing)", "pushes of the worker (%)");
+    let mut chart = Chart::new(
+        "Staleness per worker",
+        "staleness (updates between fetching θ and pushing)",
+        "pushes of the worker (%)",
+    );
     for (index, worker) in settings.per_worker.iter().enumerate() {
         let total: u64 = worker.staleness_histogram.values().sum();
         let offset = (index as f64 - (workers as f64 - 1.0) / 2.0) * f64::from(width) / 1000.0;
@@ -404,10 +535,18 @@ fn worker_staleness_figure(settings: &RunSettings) -> Figure {
             .iter()
             .map(|s| {
                 let count = worker.staleness_histogram.get(s).copied().unwrap_or(0);
-                (*s as f64 + offset, 100.0 * count as f64 / total.max(1) as f64)
+                (
+                    *s as f64 + offset,
+                    100.0 * count as f64 / total.max(1) as f64,
+                )
             })
             .collect();
-        chart = chart.with(Series::new(&format!("worker {} ({})", worker.id, worker.name), WORKER_COLORS[index % WORKER_COLORS.len()], Mark::Bars { width_milli: width }, bars));
+        chart = chart.with(Series::new(
+            &format!("worker {} ({})", worker.id, worker.name),
+            WORKER_COLORS[index % WORKER_COLORS.len()],
+            Mark::Bars { width_milli: width },
+            bars,
+        ));
     }
     Figure {
         chart,
@@ -417,8 +556,21 @@ fn worker_staleness_figure(settings: &RunSettings) -> Figure {
 
 fn throughput_figure(settings: &RunSettings) -> Figure {
     let seconds = settings.wall_seconds.max(f64::EPSILON);
-    let chart = Chart::new("Throughput per worker", "worker id", "training examples per second")
-        .with(Series::new("examples / wall time", GREEN, Mark::Bars { width_milli: 600 }, settings.per_worker.iter().map(|w| (f64::from(w.id), w.examples as f64 / seconds)).collect()));
+    let chart = Chart::new(
+        "Throughput per worker",
+        "worker id",
+        "training examples per second",
+    )
+    .with(Series::new(
+        "examples / wall time",
+        GREEN,
+        Mark::Bars { width_milli: 600 },
+        settings
+            .per_worker
+            .iter()
+            .map(|w| (f64::from(w.id), w.examples as f64 / seconds))
+            .collect(),
+    ));
     Figure {
         chart,
         caption: "Examples in completed work ranges divided by the run's wall time; an unusually short bar is a straggler.".to_owned(),
@@ -432,8 +584,76 @@ pub(crate) fn landscape_chart(points: &[LandscapePoint]) -> Chart {
         .filter(|p| p.alpha == 0.0 || p.alpha == 1.0)
         .map(|p| (p.alpha, p.train_loss))
         .collect();
-    Chart::new("Cost along θ(α) = (1 − α)·θ₀ + α·θ*", "α (0 is θ₀, 1 is the best θ)", "mean cross-entropy (nats)")
-        .with(Series::new("training", BLUE, Mark::Line, points.iter().map(|p| (p.alpha, p.train_loss)).collect()))
-        .with(Series::new("validation", ORANGE, Mark::Line, points.iter().map(|p| (p.alpha, p.validation_loss)).collect()))
-        .with(Series::new("θ₀ and θ*", RED, Mark::Rings, ends))
+    Chart::new(
+        "Cost along θ(α) = (1 − α)·θ₀ + α·θ*",
+        "α (0 is θ₀, 1 is the best θ)",
+        "mean cross-entropy (nats)",
+    )
+    .with(Series::new(
+        "training",
+        BLUE,
+        Mark::Line,
+        points.iter().map(|p| (p.alpha, p.train_loss)).collect(),
+    ))
+    .with(Series::new(
+        "validation",
+        ORANGE,
+        Mark::Line,
+        points
+            .iter()
+            .map(|p| (p.alpha, p.validation_loss))
+            .collect(),
+    ))
+    .with(Series::new("θ₀ and θ*", RED, Mark::Rings, ends))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run_files::Clipping;
+
+    fn event(updates: u64, validation_error: f64, validation_loss: f64) -> Event {
+        Event {
+            updates,
+            wall_seconds: updates as f64,
+            train_loss: None,
+            validation_error,
+            validation_loss,
+            gradient_norm: None,
+            clipping: Clipping::default(),
+            curvature: None,
+        }
+    }
+
+    #[test]
+    fn surrogate_falls_after_error_stops() {
+        let events = [
+            event(100, 0.10, 0.50),
+            event(200, 0.05, 0.30),
+            event(300, 0.06, 0.25),
+            event(400, 0.07, 0.20),
+        ];
+        let found = disagreement(&events).expect("the minima differ");
+        assert_eq!(found.from_updates, 200);
+        assert_eq!(found.to_updates, 400);
+        assert!(found.surrogate_still_falls);
+    }
+
+    #[test]
+    fn error_improves_after_surrogate_rises() {
+        let events = [
+            event(100, 0.10, 0.50),
+            event(200, 0.08, 0.30),
+            event(300, 0.04, 0.40),
+        ];
+        let found = disagreement(&events).expect("the minima differ");
+        assert_eq!((found.from_updates, found.to_updates), (200, 300));
+        assert!(!found.surrogate_still_falls);
+    }
+
+    #[test]
+    fn no_stretch_when_minima_agree() {
+        let events = [event(100, 0.10, 0.50), event(200, 0.05, 0.30)];
+        assert_eq!(disagreement(&events), None);
+    }
 }

@@ -21,7 +21,9 @@ pub(crate) enum Mark {
     /// Open circles, for points to pick out.
     Rings,
     /// Bars centred on x, `width` wide in x units.
-    Bars { width_milli: u32 },
+    Bars {
+        width_milli: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -33,7 +35,12 @@ pub(crate) struct Series {
 }
 
 impl Series {
-    pub(crate) fn new(name: &str, color: &'static str, mark: Mark, points: Vec<(f64, f64)>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        color: &'static str,
+        mark: Mark,
+        points: Vec<(f64, f64)>,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             color,
@@ -75,17 +82,18 @@ pub(crate) fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Returns about `count` evenly spaced tick values covering [low, high],
+/// Returns about `count` evenly spaced tick values within [low, high],
 /// at steps of 1, 2 or 5 times a power of ten.
 fn ticks(low: f64, high: f64, count: usize) -> Vec<f64> {
     let span = (high - low).max(f64::EPSILON);
     let raw = span / count as f64;
     let magnitude = 10f64.powf(raw.log10().floor());
+    // The round step closest to the raw one on a log scale.
     let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * magnitude)
-        .find(|&step| step >= raw)
-        .unwrap_or(10.0 * magnitude);
+        .min_by(|a, b| (a / raw).ln().abs().total_cmp(&(b / raw).ln().abs()))
+        .unwrap_or(magnitude);
     let first = (low / step).ceil() as i64;
     let last = (high / step).floor() as i64;
     (first..=last).map(|i| i as f64 * step).collect()
@@ -344,8 +352,15 @@ mod tests {
 
     #[test]
     fn ticks_are_round_numbers() {
-        assert_eq!(ticks(0.0, 1.0, 5), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
-        assert_eq!(ticks(3.0, 97.0, 4), vec![20.0, 40.0, 60.0, 80.0]);
+        let close = |got: Vec<f64>, expected: &[f64]| {
+            assert_eq!(got.len(), expected.len(), "{got:?}");
+            for (g, e) in got.iter().zip(expected) {
+                assert!((g - e).abs() < 1e-12, "{got:?}");
+            }
+        };
+        close(ticks(0.0, 1.0, 5), &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+        close(ticks(3.0, 97.0, 4), &[20.0, 40.0, 60.0, 80.0]);
+        close(ticks(-0.5, 1.5, 6), &[-0.5, 0.0, 0.5, 1.0, 1.5]);
     }
 
     #[test]
