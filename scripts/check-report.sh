@@ -32,7 +32,7 @@ page="file://$(realpath "$run_dir/report.html")"
 # cannot start. The page loads nothing from the network, so the
 # sandbox guards against nothing here.
 browser=(chromium --headless --no-sandbox --disable-gpu --hide-scrollbars)
-"${browser[@]}" --window-size=1240,3100 --screenshot="$run_dir/report.png" "$page" 2>/dev/null
+"${browser[@]}" --window-size=1240,2750 --screenshot="$run_dir/report.png" "$page" 2>/dev/null
 if [ ! -s "$run_dir/report.png" ]; then
   echo "check-report: Chromium wrote no screenshot" >&2
   exit 1
