@@ -158,6 +158,24 @@ pub enum DataError {
         label_count: usize,
     },
 
+    /// A features file and its labels file hold different numbers of
+    /// examples.
+    #[error(
+        "features file {} holds {feature_rows} examples but labels file {} holds {label_count} labels",
+        features.display(),
+        labels.display()
+    )]
+    ExampleCountMismatch {
+        /// Features file.
+        features: PathBuf,
+        /// Rows in it.
+        feature_rows: usize,
+        /// Labels file.
+        labels: PathBuf,
+        /// Labels in it.
+        label_count: usize,
+    },
+
     /// A feature matrix and a label vector of different lengths were combined.
     #[error("the features hold {rows} rows but there are {labels} labels")]
     RowCountMismatch {
@@ -212,6 +230,128 @@ pub enum DataError {
         dir: PathBuf,
         /// File name without the `.gz` suffix.
         name: &'static str,
+    },
+
+    /// A CSV or LIBSVM file has an invalid value. CSV columns count fields
+    /// from 1, and LIBSVM columns count bytes from 1.
+    #[error("{}: line {line}, column {column}: {message}", path.display())]
+    Syntax {
+        /// File that was read.
+        path: PathBuf,
+        /// Line of the value, counted from 1.
+        line: u64,
+        /// Column of the value, counted from 1.
+        column: u64,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A NumPy `.npy` file cannot be read as the array the caller needs.
+    #[error("{}: {message}", path.display())]
+    InvalidNpy {
+        /// File that was read.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A data file holds no examples.
+    #[error("{}: contains no examples", path.display())]
+    EmptyFile {
+        /// File that was read.
+        path: PathBuf,
+    },
+
+    /// The data format cannot be told from the file name.
+    #[error(
+        "{}: cannot tell the data format from the file name; give --format idx, csv, \
+         libsvm or npy",
+        path.display()
+    )]
+    UnknownFormat {
+        /// File whose format was requested.
+        path: PathBuf,
+    },
+
+    /// The labels file of a NumPy features file cannot be derived from its name.
+    #[error(
+        "{}: cannot find the labels file, because the file name contains neither \
+         \"features\" nor starts with \"X\" (expected train-features.npy with \
+         train-labels.npy, or X_train.npy with y_train.npy)",
+        path.display()
+    )]
+    NoNpyLabelsPath {
+        /// Features file.
+        path: PathBuf,
+    },
+
+    /// A label of a validation, test or scored file is not a class of the
+    /// training file.
+    #[error(
+        "{}: {location}: label \"{label}\" is not a class of the training file, \
+         whose classes are {classes}",
+        path.display()
+    )]
+    UnknownLabel {
+        /// File that was read.
+        path: PathBuf,
+        /// Line and column, or row, of the label.
+        location: String,
+        /// The label text.
+        label: String,
+        /// The training classes, comma-separated.
+        classes: String,
+    },
+
+    /// Two files of one run have different numbers of features.
+    #[error(
+        "{}: has {found} features per example but the training file has {expected}",
+        path.display()
+    )]
+    FeatureCountMismatch {
+        /// File whose width differs.
+        path: PathBuf,
+        /// Features per example of the training file.
+        expected: usize,
+        /// Features per example of this file.
+        found: usize,
+    },
+
+    /// The validation tail of an IDX training file leaves no training
+    /// examples.
+    #[error(
+        "--validation-size {validation} leaves no training examples: the training file holds \
+         {examples}"
+    )]
+    ValidationSizeTooLarge {
+        /// Requested validation examples.
+        validation: usize,
+        /// Examples in the training file.
+        examples: usize,
+    },
+
+    /// A fraction of the training file to hold out is out of range.
+    #[error("{flag} must be in (0, 1), got {value}")]
+    InvalidFraction {
+        /// Command-line flag that set it.
+        flag: &'static str,
+        /// The value given.
+        value: f64,
+    },
+
+    /// The held-out fractions leave too few training examples.
+    #[error(
+        "{}: holding out {held_out} of {len} examples leaves no training examples; lower \
+         --validation-fraction or --test-fraction",
+        path.display()
+    )]
+    HoldOutTooLarge {
+        /// Training file.
+        path: PathBuf,
+        /// Examples held out.
+        held_out: usize,
+        /// Examples in the file.
+        len: usize,
     },
 
     /// A held-out tail is not smaller than the data set it is cut from.

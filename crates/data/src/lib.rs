@@ -15,6 +15,7 @@ mod error;
 
 pub mod atomic;
 pub mod checkpoint;
+pub mod formats;
 pub mod idx;
 pub mod mnist;
 pub mod shard;
