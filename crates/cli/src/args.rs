@@ -8,6 +8,8 @@ use downpour_model::ModelSpec;
 use downpour_proto::auth::{ClusterToken, Tls, TokenError};
 use downpour_ps::{Compensation, Consistency};
 
+use crate::input_args::{ReadArgs, SplitArgs};
+
 /// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
 /// minibatch gradients over gRPC, and a coordinator shards the data and
 /// stops training early on the validation error.
@@ -65,10 +67,15 @@ pub struct ReportArgs {
 /// Settings of a training run, shared by `train` and `coordinator`.
 #[derive(Debug, Args)]
 pub struct TrainingArgs {
-    /// MNIST folder (IDX files, gzipped or not), or an IDX images file with
-    /// its labels file beside it.
+    /// Training data: a CSV, LIBSVM or NumPy features file, an MNIST folder
+    /// (IDX files, gzipped or not), or an IDX images file with its labels
+    /// file beside it.
     #[arg(long, default_value = defaults::DATA)]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    #[command(flatten)]
+    pub splits: SplitArgs,
     /// Model: `softmax`, or `mlp:H1,H2,...` for an MLP with ReLU hidden
     /// layers of those sizes.
     #[arg(long, default_value = defaults::MODEL, value_parser = parse_model)]
@@ -104,7 +111,9 @@ pub struct TrainingArgs {
     /// Upper bound on training epochs.
     #[arg(long, default_value_t = defaults::MAX_EPOCHS)]
     pub max_epochs: u32,
-    /// Examples held out from the end of the training file for validation.
+    /// Examples held out from the end of an IDX training file for
+    /// validation, when there is no --validation-data or
+    /// --validation-fraction.
     #[arg(long, default_value_t = defaults::VALIDATION_SIZE)]
     pub validation_size: usize,
     /// Minibatches handed to a worker per work request.
@@ -271,9 +280,12 @@ pub struct EvalArgs {
     /// Checkpoint to score (a .safetensors file from a run directory).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// MNIST folder, or an IDX images file with its labels file beside it.
+    /// Data to score: a CSV, LIBSVM or NumPy features file, an MNIST
+    /// folder, or an IDX images file with its labels file beside it.
     #[arg(long, default_value = defaults::DATA)]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Split of an MNIST folder to score; a single file is scored whole.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
@@ -324,6 +336,7 @@ impl TrainingArgs {
     pub fn to_config(&self, run_dir: PathBuf, ps_addresses: Vec<String>) -> CoordinatorConfig {
         CoordinatorConfig {
             data: self.data.clone(),
+            input: self.read.input_options(&self.splits),
             model: self.model.clone(),
             workers: self.workers,
             batch_size: self.batch_size,

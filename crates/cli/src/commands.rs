@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use downpour_coordinator::{PreparedRun, RunSummary, prepare};
-use downpour_data::{checkpoint, mnist};
+use downpour_data::checkpoint;
 use downpour_model::{Mlp, Workspace};
 use downpour_ps::{Checkpointing, ParameterServerService};
 use downpour_worker::WorkerConfig;
@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::args::{
-    Cli, Command, CoordinatorArgs, EvalArgs, LandscapeArgs, PsArgs, ReportArgs, Split, TrainArgs,
+    Cli, Command, CoordinatorArgs, EvalArgs, LandscapeArgs, PsArgs, ReportArgs, TrainArgs,
     TrainingArgs, WorkerArgs,
 };
 
@@ -256,11 +256,7 @@ fn evaluate_checkpoint(args: &EvalArgs) -> anyhow::Result<String> {
     let (description, params) = checkpoint::load(&args.checkpoint)?;
     let model = Mlp::new(&description)
         .with_context(|| format!("{}: invalid model description", args.checkpoint.display()))?;
-    let splits = mnist::load(&args.data)?;
-    let dataset = match (args.split, splits.test) {
-        (Split::Test, Some(test)) => test,
-        (Split::Test, None) | (Split::Train, _) => splits.train,
-    };
+    let dataset = crate::eval_data::load_eval_data(args, model.inputs())?;
     if dataset.num_features() != model.inputs() {
         bail!(
             "{}: examples have {} features, but the checkpoint's model expects {}",

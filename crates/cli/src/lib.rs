@@ -3,6 +3,8 @@
 
 mod args;
 mod commands;
+mod eval_data;
+mod input_args;
 
 use std::io::IsTerminal;
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use downpour_data::formats::InputOptions;
 use downpour_model::ModelSpec;
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES};
 use downpour_ps::{Compensation, Consistency};
@@ -36,8 +37,11 @@ pub mod defaults {
 /// Everything the coordinator needs to run one training job.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    /// MNIST folder, or an IDX images file with its labels file beside it.
+    /// Training file (CSV, LIBSVM, NumPy or IDX), or an MNIST folder.
     pub data: PathBuf,
+    /// Format, reader options, and where the validation and test splits
+    /// come from.
+    pub input: InputOptions,
     pub model: ModelSpec,
     /// Number of shards, and of workers the run waits for.
     pub workers: usize,
@@ -54,7 +58,8 @@ pub struct CoordinatorConfig {
     /// Stop as soon as the validation accuracy reaches this fraction.
     pub target_accuracy: Option<f64>,
     pub max_epochs: u32,
-    /// Examples held out from the end of the training file for validation.
+    /// Examples held out from the end of an IDX training file for
+    /// validation, when neither a validation file nor a fraction is given.
     pub validation_size: usize,
     pub run_dir: PathBuf,
     /// Parameter server addresses, `HOST:PORT`, as workers should dial
@@ -143,6 +148,7 @@ impl CoordinatorConfig {
     pub fn with_defaults(run_dir: PathBuf, ps_addresses: Vec<String>) -> Self {
         Self {
             data: PathBuf::from(defaults::DATA),
+            input: InputOptions::default(),
             model: ModelSpec::Mlp {
                 hidden: vec![256, 128],
             },

@@ -14,10 +14,6 @@ pub enum CoordinatorError {
     #[error(transparent)]
     Model(#[from] downpour_model::ModelError),
     #[error(
-        "--validation-size {validation} leaves no training examples: the training file holds {examples}"
-    )]
-    ValidationTooLarge { validation: usize, examples: usize },
-    #[error(
         "run directory {0} already holds a finished run (summary.json); choose another --run-dir"
     )]
     RunDirectoryTaken(PathBuf),
@@ -36,14 +32,6 @@ pub enum CoordinatorError {
         parameters: usize,
         gib: f64,
         available_gib: f64,
-    },
-    #[error(
-        "{path}: test examples have {test} features, but training examples have {train}; use a test file of the same shape"
-    )]
-    TestShapeMismatch {
-        path: PathBuf,
-        test: usize,
-        train: usize,
     },
     #[error("TLS settings cannot be used: {0}; check --tls-cert, --tls-key and --tls-ca")]
     Tls(String),

@@ -4,7 +4,8 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use downpour_data::{Dataset, mnist, shard, shard_file, shuffle};
+use downpour_data::formats::{SplitSpec, SplitsRecord, load_splits};
+use downpour_data::{Dataset, shard, shard_file, shuffle};
 use downpour_model::{Mlp, ModelDescription};
 use ndarray::Array2;
 use tracing::info;
@@ -57,6 +58,8 @@ pub struct PreparedRun {
     pub validation: EvalSet,
     /// The test split, when the data has one.
     pub test: Option<EvalSet>,
+    /// How the data was read and each split made.
+    pub splits: SplitsRecord,
 }
 
 impl PreparedRun {
@@ -86,23 +89,12 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
     if config.run_dir.join("summary.json").exists() {
         return Err(CoordinatorError::RunDirectoryTaken(config.run_dir.clone()));
     }
-    let splits = mnist::load(&config.data)?;
-    let train_file_examples = splits.train.len();
-    if config.validation_size >= train_file_examples {
-        return Err(CoordinatorError::ValidationTooLarge {
-            validation: config.validation_size,
-            examples: train_file_examples,
-        });
-    }
-    if let Some(test) = &splits.test
-        && test.num_features() != splits.train.num_features()
-    {
-        return Err(CoordinatorError::TestShapeMismatch {
-            path: config.data.clone(),
-            test: test.num_features(),
-            train: splits.train.num_features(),
-        });
-    }
+    let splits = load_splits(&SplitSpec {
+        data: config.data.clone(),
+        input: config.input.clone(),
+        validation_size: config.validation_size,
+        seed: config.seed,
+    })?;
     let description = ModelDescription::new(
         &config.model,
         splits.train.num_features(),
@@ -127,7 +119,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             available_gib: available as f64 / f64::from(1 << 30),
         });
     }
-    let (train, validation) = splits.train.split_off_tail(config.validation_size)?;
+    let (train, validation) = (splits.train, splits.validation);
 
     let order = shuffle::permutation(train.len(), config.seed);
     let train = train.select(&order);
@@ -160,6 +152,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         shard_files,
         validation: EvalSet::from_dataset(&validation),
         test: splits.test.as_ref().map(EvalSet::from_dataset),
+        splits: splits.record,
         description,
         model,
         initial_params,

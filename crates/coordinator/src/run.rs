@@ -273,6 +273,7 @@ async fn drive(
         validation,
         test,
         ps_ranges,
+        splits,
         ..
     } = prepared;
     warn_if_momentum_may_stall(&config);
@@ -549,6 +550,7 @@ async fn drive(
         target_accuracy: config.target_accuracy,
         max_epochs: config.max_epochs,
         checkpoint: format!("{BEST_CHECKPOINT}.safetensors"),
+        splits,
     };
     let path = run_dir.write_summary(&summary)?;
     info!(

@@ -9,6 +9,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use downpour_data::formats::SplitsRecord;
 use downpour_data::{atomic, checkpoint};
 use downpour_model::ModelDescription;
 use serde::Serialize;
@@ -127,6 +128,8 @@ pub struct RunSummary {
     pub max_epochs: u32,
     /// File name of the best-θ checkpoint inside the run directory.
     pub checkpoint: String,
+    /// Data format, class names, and how each split was made.
+    pub splits: SplitsRecord,
 }
 
 /// An open run directory, locked against other runs while it is open.

@@ -24,7 +24,7 @@ pub mod table;
 pub use classes::ClassMap;
 pub use csv_file::{CsvOptions, LabelColumn};
 pub use libsvm::LibsvmOptions;
-pub use splits::{LoadedSplits, SplitRecord, SplitSpec, SplitsRecord, load_splits};
+pub use splits::{InputOptions, LoadedSplits, SplitRecord, SplitSpec, SplitsRecord, load_splits};
 pub use table::{RawFeatures, RawTable, SparseRows};
 
 /// A data file format.

@@ -19,11 +19,10 @@ pub const DEFAULT_HOLD_OUT_FRACTION: f64 = 0.1;
 /// from the one-time shuffle of the training set.
 const HOLD_OUT_SEED_OFFSET: u64 = 0x686f_6c64;
 
-/// Where the data comes from and how to split it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SplitSpec {
-    /// Training file, or an MNIST folder.
-    pub data: PathBuf,
+/// How to read the data and where its held-out splits come from, beyond
+/// the training file itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputOptions {
     /// Format of every file; `None` tells it from each file name.
     pub format: Option<Format>,
     /// Reader options.
@@ -36,6 +35,15 @@ pub struct SplitSpec {
     pub validation_fraction: Option<f64>,
     /// Fraction of the training file to hold out for test.
     pub test_fraction: Option<f64>,
+}
+
+/// Where the data comes from and how to split it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitSpec {
+    /// Training file, or an MNIST folder.
+    pub data: PathBuf,
+    /// Format, reader options, split files and fractions.
+    pub input: InputOptions,
     /// Examples taken from the end of an IDX training file for validation
     /// when neither a validation file nor a fraction is given.
     pub validation_size: usize,
@@ -50,12 +58,7 @@ impl SplitSpec {
     pub fn new(data: PathBuf, seed: u64) -> Self {
         SplitSpec {
             data,
-            format: None,
-            read: ReadOptions::default(),
-            validation_data: None,
-            test_data: None,
-            validation_fraction: None,
-            test_fraction: None,
+            input: InputOptions::default(),
             validation_size: 10_000,
             seed,
         }
@@ -119,9 +122,9 @@ pub struct LoadedSplits {
 /// [`DataError::HoldOutTooLarge`], [`DataError::TailTooLarge`],
 /// [`DataError::FeatureCountMismatch`] or [`DataError::UnknownLabel`].
 pub fn load_splits(spec: &SplitSpec) -> Result<LoadedSplits> {
-    check_fraction("--validation-fraction", spec.validation_fraction)?;
-    check_fraction("--test-fraction", spec.test_fraction)?;
-    let format = match spec.format {
+    check_fraction("--validation-fraction", spec.input.validation_fraction)?;
+    check_fraction("--test-fraction", spec.input.test_fraction)?;
+    let format = match spec.input.format {
         Some(format) => format,
         None => Format::from_path(&spec.data)?,
     };
@@ -143,17 +146,18 @@ struct Loaded {
 fn load_idx(spec: &SplitSpec) -> Result<Loaded> {
     let splits = mnist::load(&spec.data)?;
     let validation = spec
+        .input
         .validation_data
         .as_deref()
         .map(load_idx_file)
         .transpose()?;
-    let test = match &spec.test_data {
+    let test = match &spec.input.test_data {
         Some(path) => Some((load_idx_file(path)?, path.clone())),
         None => splits.test.map(|test| (test, spec.data.clone())),
     };
     for (dataset, path) in validation
         .iter()
-        .zip(spec.validation_data.iter())
+        .zip(spec.input.validation_data.iter())
         .chain(test.iter().map(|(dataset, path)| (dataset, path)))
     {
         if dataset.num_features() != splits.train.num_features() {
@@ -180,15 +184,20 @@ fn load_idx_file(path: &Path) -> Result<Dataset> {
 
 fn load_tables(spec: &SplitSpec, format: Format) -> Result<Loaded> {
     let read = |path: &Path| {
-        let format = match spec.format {
+        let format = match spec.input.format {
             Some(format) => format,
             None => Format::from_path(path)?,
         };
-        read_table(path, format, &spec.read)
+        read_table(path, format, &spec.input.read)
     };
-    let train = read_table(&spec.data, format, &spec.read)?;
-    let validation = spec.validation_data.as_deref().map(read).transpose()?;
-    let test = spec.test_data.as_deref().map(read).transpose()?;
+    let train = read_table(&spec.data, format, &spec.input.read)?;
+    let validation = spec
+        .input
+        .validation_data
+        .as_deref()
+        .map(read)
+        .transpose()?;
+    let test = spec.input.test_data.as_deref().map(read).transpose()?;
 
     let tables: Vec<&RawTable> = [Some(&train), validation.as_ref(), test.as_ref()]
         .into_iter()
@@ -200,7 +209,7 @@ fn load_tables(spec: &SplitSpec, format: Format) -> Result<Loaded> {
     Ok(Loaded {
         train: to_dataset(&train)?,
         validation: validation.as_ref().map(to_dataset).transpose()?,
-        test: match (&test, &spec.test_data) {
+        test: match (&test, &spec.input.test_data) {
             (Some(table), Some(path)) => Some((to_dataset(table)?, path.clone())),
             _ => None,
         },
@@ -224,8 +233,8 @@ fn hold_out(spec: &SplitSpec, format: Format, loaded: Loaded) -> Result<LoadedSp
         (false, None) if format == Format::Idx => None,
         (false, None) => Some(DEFAULT_HOLD_OUT_FRACTION),
     };
-    let validation_fraction = fraction_for(validation.is_some(), spec.validation_fraction);
-    let test_fraction = fraction_for(test.is_some(), spec.test_fraction);
+    let validation_fraction = fraction_for(validation.is_some(), spec.input.validation_fraction);
+    let test_fraction = fraction_for(test.is_some(), spec.input.test_fraction);
     let use_tail = validation.is_none() && validation_fraction.is_none();
 
     let file_len = train.len();
@@ -294,7 +303,7 @@ fn hold_out(spec: &SplitSpec, format: Format, loaded: Loaded) -> Result<LoadedSp
     };
     let validation = match (validation, validation_fraction) {
         (Some(dataset), _) => {
-            let path = spec.validation_data.as_deref().unwrap_or(&spec.data);
+            let path = spec.input.validation_data.as_deref().unwrap_or(&spec.data);
             let record = file_record(path, dataset.len());
             (dataset, record)
         }

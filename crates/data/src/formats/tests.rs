@@ -729,8 +729,8 @@ fn splits_hold_out_seeded_fractions() {
 fn splits_use_given_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut spec = csv_spec(dir.path(), 20);
-    spec.test_data = Some(write(dir.path(), "test.csv", b"x,y\n5,odd\n"));
-    spec.validation_fraction = Some(0.25);
+    spec.input.test_data = Some(write(dir.path(), "test.csv", b"x,y\n5,odd\n"));
+    spec.input.validation_fraction = Some(0.25);
     let loaded = load_splits(&spec).expect("valid splits");
     assert_eq!(loaded.train.len(), 15);
     assert_eq!(loaded.validation.len(), 5);
@@ -745,14 +745,14 @@ fn splits_use_given_files() {
 fn splits_reject_bad_fractions() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut spec = csv_spec(dir.path(), 10);
-    spec.validation_fraction = Some(1.5);
+    spec.input.validation_fraction = Some(1.5);
     let error = load_splits(&spec).expect_err("fraction above 1");
     assert_eq!(
         error.to_string(),
         "--validation-fraction must be in (0, 1), got 1.5"
     );
-    spec.validation_fraction = Some(0.5);
-    spec.test_fraction = Some(0.5);
+    spec.input.validation_fraction = Some(0.5);
+    spec.input.test_fraction = Some(0.5);
     let error = load_splits(&spec).expect_err("nothing left");
     assert_eq!(
         error.to_string(),
@@ -768,8 +768,8 @@ fn splits_reject_bad_fractions() {
 fn agaricus_reads_as_libsvm() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/agaricus");
     let mut spec = SplitSpec::new(root.join("agaricus.txt.train"), 42);
-    spec.format = Some(Format::Libsvm);
-    spec.test_data = Some(root.join("agaricus.txt.test"));
+    spec.input.format = Some(Format::Libsvm);
+    spec.input.test_data = Some(root.join("agaricus.txt.test"));
     let loaded = load_splits(&spec).expect("agaricus loads");
     assert_eq!(loaded.record.classes, ["0", "1"]);
     assert_eq!(loaded.record.features, 126);
