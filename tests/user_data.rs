@@ -1,0 +1,208 @@
+//! Whole in-process clusters trained on the user-data formats: the real
+//! agaricus data as LIBSVM, and a subset of the bundled MNIST written as CSV
+//! with text labels and as a NumPy pair.
+
+#![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
+
+mod support;
+
+use std::fmt::Write as _;
+use std::future::pending;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use downpour_coordinator::{CoordinatorConfig, RunSummary, prepare};
+use downpour_data::formats::{Format, LabelColumn};
+use downpour_data::mnist;
+use downpour_model::ModelSpec;
+use downpour_proto::auth::ClusterToken;
+use downpour_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Clusters in this file run one at a time, so that they do not starve
+/// each other's workers on a small machine.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Trains a softmax regression on `data` with `workers` workers and one
+/// parameter server in this process, with `adjust` applied to the settings.
+async fn train(
+    data: &Path,
+    run_dir: &Path,
+    workers: usize,
+    adjust: impl FnOnce(&mut CoordinatorConfig),
+) -> RunSummary {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let ps_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ps_address = ps_listener.local_addr().unwrap().to_string();
+    let coordinator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator_address = coordinator_listener.local_addr().unwrap().to_string();
+    let mut config = CoordinatorConfig {
+        data: data.to_owned(),
+        model: ModelSpec::Softmax,
+        workers,
+        batch_size: 32,
+        eval_every: 20,
+        patience: 8,
+        max_epochs: 20,
+        ..CoordinatorConfig::with_defaults(run_dir.to_owned(), vec![ps_address])
+    };
+    adjust(&mut config);
+    let prepared = prepare(config).unwrap();
+    let token = ClusterToken::random();
+
+    let server = tokio::spawn(downpour_ps::serve(ps_listener, token.clone(), pending()));
+    let worker_tasks: Vec<_> = (0..workers)
+        .map(|index| {
+            let config = WorkerConfig {
+                coordinator: coordinator_address.clone(),
+                ps: None,
+                name: format!("test-{index}"),
+                connect_timeout: Duration::from_secs(10),
+                token: token.clone(),
+            };
+            tokio::spawn(downpour_worker::run(config, pending()))
+        })
+        .collect();
+    let summary = timeout(
+        TIMEOUT,
+        downpour_coordinator::run(prepared, coordinator_listener, token, pending()),
+    )
+    .await
+    .expect("training finished in time")
+    .expect("training succeeded");
+    for worker in worker_tasks {
+        let report = timeout(TIMEOUT, worker).await.unwrap().unwrap();
+        report.expect("worker stopped cleanly");
+    }
+    timeout(TIMEOUT, server)
+        .await
+        .expect("parameter server stopped after the run")
+        .unwrap()
+        .unwrap();
+    summary
+}
+
+fn agaricus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/agaricus")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agaricus_libsvm_three_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train(
+        &agaricus().join("agaricus.txt.train"),
+        &dir.path().join("run"),
+        3,
+        |config| {
+            config.input.format = Some(Format::Libsvm);
+            config.input.test_data = Some(agaricus().join("agaricus.txt.test"));
+        },
+    )
+    .await;
+
+    let accuracy = summary.test_accuracy.expect("a test split");
+    assert!(accuracy >= 0.99, "test accuracy {accuracy}");
+    assert_eq!(summary.test_examples, 1611);
+    assert_eq!(summary.splits.format, "libsvm");
+    assert_eq!(summary.splits.classes, ["0", "1"]);
+    assert_eq!(summary.splits.features, 126);
+    assert_eq!(summary.splits.validation.source, "fraction");
+    assert_eq!(summary.splits.validation.examples, 651);
+    assert_eq!(summary.train_examples, 6513 - 651);
+    let test = summary.splits.test.as_ref().expect("test record");
+    assert_eq!(test.source, "file");
+}
+
+const DIGIT_NAMES: [&str; 10] = [
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
+
+/// Returns the first `count` bundled MNIST training images, scaled to
+/// [0, 1], with their labels.
+fn mnist_rows(count: usize) -> (Vec<f32>, Vec<u32>) {
+    let splits = mnist::load_dir(&support::bundled_mnist()).unwrap();
+    let rows: Vec<usize> = (0..count).collect();
+    let subset = splits.train.select(&rows);
+    (subset.to_f32().into_raw_vec_and_offset().0, subset.labels)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mnist_csv_with_text_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pixels, labels) = mnist_rows(3000);
+    let mut text = String::from("digit");
+    for pixel in 0..784 {
+        write!(text, ",p{pixel}").unwrap();
+    }
+    text.push_str("\r\n");
+    for (row, label) in labels.iter().enumerate() {
+        text.push('"');
+        text.push_str(DIGIT_NAMES[*label as usize]);
+        text.push('"');
+        for value in &pixels[row * 784..(row + 1) * 784] {
+            write!(text, ",{value:.4}").unwrap();
+        }
+        text.push_str("\r\n");
+    }
+    let path = dir.path().join("digits.csv");
+    std::fs::write(&path, text).unwrap();
+
+    let summary = train(&path, &dir.path().join("run"), 2, |config| {
+        config.input.read.csv.label_column = LabelColumn::Name("digit".to_owned());
+    })
+    .await;
+
+    let accuracy = summary.test_accuracy.expect("a held-out test split");
+    assert!(accuracy >= 0.8, "test accuracy {accuracy}");
+    assert_eq!(summary.splits.format, "csv");
+    assert_eq!(
+        summary.splits.classes,
+        [
+            "eight", "five", "four", "nine", "one", "seven", "six", "three", "two", "zero"
+        ]
+    );
+    assert_eq!(summary.splits.features, 784);
+    assert_eq!(summary.test_examples, 300);
+    assert_eq!(summary.validation_examples, 300);
+    assert_eq!(summary.train_examples, 2400);
+    let test = summary.splits.test.as_ref().expect("test record");
+    assert_eq!(test.source, "fraction");
+    assert_eq!(test.fraction, Some(0.1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mnist_npy_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pixels, labels) = mnist_rows(3000);
+    let features = dir.path().join("X_digits.npy");
+    let mut writer = {
+        use npyz::WriterBuilder;
+        npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&[3000, 784])
+            .writer(std::io::BufWriter::new(
+                std::fs::File::create(&features).unwrap(),
+            ))
+            .begin_nd()
+            .unwrap()
+    };
+    writer.extend(pixels).unwrap();
+    writer.finish().unwrap();
+    let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
+    npyz::to_file_1d(dir.path().join("y_digits.npy"), labels).unwrap();
+
+    let summary = train(&features, &dir.path().join("run"), 2, |config| {
+        config.input.validation_fraction = Some(0.2);
+    })
+    .await;
+
+    let accuracy = summary.test_accuracy.expect("a held-out test split");
+    assert!(accuracy >= 0.8, "test accuracy {accuracy}");
+    assert_eq!(summary.splits.format, "npy");
+    assert_eq!(summary.splits.classes.len(), 10);
+    assert_eq!(summary.validation_examples, 600);
+    assert_eq!(summary.test_examples, 300);
+}
