@@ -1,5 +1,5 @@
-//! Command-line arguments that say how to read data files and where the
-//! held-out splits come from.
+//! Command-line arguments for reading data files and for the sources of the
+//! held-out splits.
 
 use std::path::PathBuf;
 
@@ -24,7 +24,7 @@ pub struct ReadArgs {
     /// a tab for .tsv files].
     #[arg(long, value_parser = parse_delimiter)]
     pub delimiter: Option<u8>,
-    /// CSV: the first row holds data, not column names.
+    /// CSV: the first row contains data, not column names.
     #[arg(long)]
     pub no_header: bool,
     /// CSV: value that replaces missing or non-numeric features
@@ -36,7 +36,7 @@ pub struct ReadArgs {
     pub zero_based: bool,
 }
 
-/// Where the validation and test splits come from.
+/// Sources of the validation and test splits.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
     /// File of validation examples, in the format of --data

@@ -15,7 +15,7 @@ use crate::error::{DataError, Result};
 use crate::formats::line_index::{LineCounting, LineIndex};
 use crate::formats::table::{LabelPosition, RawFeatures, RawTable};
 
-/// The column that holds the labels.
+/// The column of the labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelColumn {
     /// The last column.

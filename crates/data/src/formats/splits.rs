@@ -19,11 +19,10 @@ pub const DEFAULT_HOLD_OUT_FRACTION: f64 = 0.1;
 /// from the one-time shuffle of the training set.
 const HOLD_OUT_SEED_OFFSET: u64 = 0x686f_6c64;
 
-/// How to read the data and where its held-out splits come from, beyond
-/// the training file itself.
+/// Reader settings and the sources of the held-out splits.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InputOptions {
-    /// Format of every file; `None` tells it from each file name.
+    /// Format of every file, or `None` to detect it from each file name.
     pub format: Option<Format>,
     /// Reader options.
     pub read: ReadOptions,
@@ -37,7 +36,7 @@ pub struct InputOptions {
     pub test_fraction: Option<f64>,
 }
 
-/// Where the data comes from and how to split it.
+/// The data source and its split settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitSpec {
     /// Training file, or an MNIST folder.
@@ -65,7 +64,7 @@ impl SplitSpec {
     }
 }
 
-/// How one split was made, as recorded in the run summary.
+/// The origin of one split, as recorded in the run summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SplitRecord {
     /// `file` (all of `path`), `fraction` (a seeded `fraction` of the
@@ -84,7 +83,7 @@ pub struct SplitRecord {
     pub examples: usize,
 }
 
-/// How the data was read and split.
+/// The data format, the classes and the origin of each split.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SplitsRecord {
     /// `idx`, `csv`, `libsvm` or `npy`.

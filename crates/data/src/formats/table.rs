@@ -9,7 +9,7 @@ use crate::dataset::{Dataset, Features};
 use crate::error::{DataError, Result};
 use crate::formats::classes::ClassMap;
 
-/// Where a row's label sits in its file, for error messages.
+/// Position of a row's label in its file, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabelPosition {
     /// Line and column of a text file, both counted from 1.
@@ -35,7 +35,7 @@ impl std::fmt::Display for LabelPosition {
 /// Sparse rows in compressed sparse row (CSR) form.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SparseRows {
-    /// Row `i` holds entries `offsets[i]..offsets[i + 1]`; one more offset
+    /// Row `i` contains entries `offsets[i]..offsets[i + 1]`; one more offset
     /// than there are rows.
     pub offsets: Vec<usize>,
     /// Feature index of each entry, counted from 0 and increasing within a
@@ -72,7 +72,7 @@ impl SparseRows {
         self.len() == 0
     }
 
-    /// Returns the smallest width that holds every index: the largest index
+    /// Returns the smallest width that fits every index: the largest index
     /// plus 1, or 0 without entries.
     pub fn min_width(&self) -> usize {
         self.indices
@@ -128,7 +128,7 @@ impl RawTable {
     }
 
     /// Returns the features per row: the width of dense rows, or the
-    /// smallest width that holds every index of sparse rows.
+    /// smallest width that fits every index of sparse rows.
     pub fn width(&self) -> usize {
         match &self.features {
             RawFeatures::Dense { width, .. } => *width,
