@@ -114,6 +114,79 @@ async fn agaricus_libsvm_three_workers() {
     assert_eq!(summary.train_examples, 6513 - 651);
     let test = summary.splits.test.as_ref().expect("test record");
     assert_eq!(test.source, "file");
+
+    // `eval` and `predict` on the saved checkpoint agree with the run.
+    let checkpoint = dir.path().join("run/best.safetensors");
+    let test_file = agaricus().join("agaricus.txt.test");
+    let eval = run_binary(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        test_file.to_str().unwrap(),
+        "--format",
+        "libsvm",
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["examples"], 1611);
+    let eval_accuracy = eval["accuracy"].as_f64().unwrap();
+    assert!((eval_accuracy - accuracy).abs() < 1e-12, "{eval_accuracy}");
+
+    let predictions = dir.path().join("predictions.csv");
+    run_binary(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        test_file.to_str().unwrap(),
+        "--format",
+        "libsvm",
+        "--output",
+        predictions.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&predictions).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("row,class,label,p_0,p_1"));
+    let labels: Vec<String> = std::fs::read_to_string(&test_file)
+        .unwrap()
+        .lines()
+        .map(|line| line.split(' ').next().unwrap().to_owned())
+        .collect();
+    let mut correct = 0;
+    let mut rows = 0;
+    for (line, label) in lines.zip(&labels) {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 5, "{line}");
+        let p0: f32 = fields[3].parse().unwrap();
+        let p1: f32 = fields[4].parse().unwrap();
+        assert!((p0 + p1 - 1.0).abs() < 1e-5, "{line}");
+        let expected_class = if p1 > p0 { "1" } else { "0" };
+        assert_eq!(fields[1], expected_class, "{line}");
+        assert_eq!(fields[2], expected_class, "{line}");
+        correct += usize::from(fields[2] == label);
+        rows += 1;
+    }
+    assert_eq!(rows, 1611);
+    let predict_accuracy = correct as f64 / 1611.0;
+    assert!(
+        (predict_accuracy - accuracy).abs() < 1e-12,
+        "{predict_accuracy}"
+    );
+}
+
+/// Runs the `downpour` binary with `args`, checks that it succeeded and
+/// returns its standard output.
+fn run_binary(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "downpour {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }
 
 const DIGIT_NAMES: [&str; 10] = [

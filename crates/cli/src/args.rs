@@ -39,6 +39,8 @@ pub enum Command {
     /// Write report.html, one self-contained page of plots, into a finished
     /// run's directory.
     Report(ReportArgs),
+    /// Write a saved checkpoint's class predictions for a data file as CSV.
+    Predict(PredictArgs),
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +291,25 @@ pub struct EvalArgs {
     /// Split of an MNIST folder to score; a single file is scored whole.
     #[arg(long, value_enum, default_value_t = Split::Test)]
     pub split: Split,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Checkpoint to predict with (a .safetensors file from a run directory).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Examples to predict: a CSV, LIBSVM or NumPy features file, an MNIST
+    /// folder, or an IDX images file with its labels file beside it.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Split of an MNIST folder to predict; a single file is read whole.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// CSV file to write the predictions to [default: standard output].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 impl TokenArgs {

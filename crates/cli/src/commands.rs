@@ -27,6 +27,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval(args).await,
         Command::Landscape(args) => landscape(args).await,
         Command::Report(args) => report(args),
+        Command::Predict(args) => {
+            tokio::task::spawn_blocking(move || crate::predict::predict(&args))
+                .await
+                .context("prediction task failed")?
+        }
     }
 }
 

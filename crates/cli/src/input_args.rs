@@ -16,8 +16,8 @@ pub struct ReadArgs {
     /// .svm or .svmlight is libsvm, .npy is npy].
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
-    /// CSV: column of the labels, as `last`, a column number from 1, or a
-    /// header name.
+    /// CSV: column of the labels, as `last`, a column number from 1, a
+    /// header name, or `none` for a file without labels (`predict` only).
     #[arg(long, default_value = "last", value_parser = parse_label_column)]
     pub label_column: LabelColumn,
     /// CSV: field delimiter, one character, or `tab` [default: a comma, or

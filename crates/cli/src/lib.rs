@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod eval_data;
 mod input_args;
+mod predict;
 
 use std::io::IsTerminal;
 

@@ -18,6 +18,9 @@ use crate::formats::table::{LabelPosition, RawFeatures, RawTable};
 /// The column of the labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelColumn {
+    /// No column: every column is a feature and each label is empty, as
+    /// for data to predict.
+    None,
     /// The last column.
     Last,
     /// A column by its number, counted from 1.
@@ -29,10 +32,12 @@ pub enum LabelColumn {
 impl FromStr for LabelColumn {
     type Err = String;
 
-    /// Parses `last`, a column number from 1, or a header name.
+    /// Parses `none`, `last`, a column number from 1, or a header name.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if text == "last" {
-            return Ok(LabelColumn::Last);
+        match text {
+            "none" => return Ok(LabelColumn::None),
+            "last" => return Ok(LabelColumn::Last),
+            _ => {}
         }
         if let Ok(number) = text.parse::<usize>() {
             if number == 0 {
@@ -71,6 +76,9 @@ impl Default for CsvOptions {
         }
     }
 }
+
+/// Label index of [`LabelColumn::None`], past any real field.
+const NO_LABEL: usize = usize::MAX;
 
 /// One record of a CSV file.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +170,9 @@ impl<R: io::Read> CsvRows<R> {
 
     /// Returns the label column counted from 1, once it is known.
     pub fn label_column_number(&self) -> Option<u64> {
-        self.label_index.map(|index| index as u64 + 1)
+        self.label_index
+            .filter(|&index| index != NO_LABEL)
+            .map(|index| index as u64 + 1)
     }
 
     fn resolve_label(&self, names: &[String], line: u64) -> Result<usize> {
@@ -173,6 +183,7 @@ impl<R: io::Read> CsvRows<R> {
             message,
         };
         match &self.label_column {
+            LabelColumn::None => Ok(NO_LABEL),
             LabelColumn::Last => Ok(names.len() - 1),
             LabelColumn::Number(number) if *number <= names.len() => Ok(number - 1),
             LabelColumn::Number(number) => Err(syntax(format!(
@@ -224,7 +235,8 @@ impl<R: io::Read> CsvRows<R> {
                 ),
             ));
         }
-        if fields < 2 {
+        let labeled = !matches!(self.label_column, LabelColumn::None);
+        if labeled && fields < 2 {
             return Err(syntax(
                 0,
                 "the row has one field, but a label and at least one feature are needed; \
@@ -242,7 +254,7 @@ impl<R: io::Read> CsvRows<R> {
             }
         };
 
-        let mut features = Vec::with_capacity(fields - 1);
+        let mut features = Vec::with_capacity(fields);
         let mut label = String::new();
         for (index, bytes) in self.record.iter().enumerate() {
             let Ok(text) = std::str::from_utf8(bytes) else {

@@ -145,6 +145,19 @@ impl RawTable {
     /// wide or a sparse index is at or past `width`, and
     /// [`DataError::UnknownLabel`] for a label `classes` does not contain.
     pub fn to_dataset(&self, classes: &ClassMap, width: usize) -> Result<Dataset> {
+        let features = self.to_features(width)?;
+        let labels = self.class_ids(classes)?;
+        Dataset::new(Features::F32(features), labels, classes.len())
+    }
+
+    /// Returns the features as an f32 matrix `width` wide, with sparse rows
+    /// filled in with zeros.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::FeatureCountMismatch`] when dense rows are not `width`
+    /// wide or a sparse index is at or past `width`.
+    pub fn to_features(&self, width: usize) -> Result<Array2<f32>> {
         if self.width() > width
             || matches!(self.features, RawFeatures::Dense { width: own, .. } if own != width)
         {
@@ -158,14 +171,12 @@ impl RawTable {
             RawFeatures::Dense { values, .. } => values.clone(),
             RawFeatures::Sparse(rows) => densify(rows, width),
         };
-        let features = Array2::from_shape_vec((self.len(), width), values).map_err(|_| {
+        Array2::from_shape_vec((self.len(), width), values).map_err(|_| {
             DataError::RowCountMismatch {
                 rows: self.len(),
                 labels: self.labels.len(),
             }
-        })?;
-        let labels = self.class_ids(classes)?;
-        Dataset::new(Features::F32(features), labels, classes.len())
+        })
     }
 
     /// Returns the class id of every row's label.
