@@ -250,7 +250,8 @@ fn libsvm_well_formed_table() {
     let dir = tempfile::tempdir().expect("temp dir");
     // (contents, zero-based, labels, rows as (indices, values), width)
     type Row = (Vec<u32>, Vec<f32>);
-    let cases: Vec<(&str, bool, Vec<&str>, Vec<Row>, usize)> = vec![
+    type Case = (&'static str, bool, Vec<&'static str>, Vec<Row>, usize);
+    let cases: Vec<Case> = vec![
         (
             "+1 1:0.5 3:2\n-1 2:1 # a comment\n\n# a comment line\n",
             false,
@@ -419,7 +420,9 @@ fn npy_well_formed_table() {
     let features_f32 = le_bytes_f32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     // The same 2 x 3 array stored column by column.
     let features_fortran = le_bytes_f64(&[1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
-    let cases: Vec<(Vec<u8>, Vec<u8>, Vec<f32>, Vec<&str>)> = vec![
+    // (features file, labels file, expected features, expected labels)
+    type Case = (Vec<u8>, Vec<u8>, Vec<f32>, Vec<&'static str>);
+    let cases: Vec<Case> = vec![
         (
             npy_bytes("<f4", false, &[2, 3], &features_f32),
             npy_bytes("<i8", false, &[2], &le_bytes_i64(&[3, -1])),
