@@ -279,3 +279,77 @@ async fn mnist_npy_pair() {
     assert_eq!(summary.validation_examples, 600);
     assert_eq!(summary.test_examples, 300);
 }
+
+/// Runs `downpour train` with `args`, checks that it failed with one error
+/// line and created no run directory, and returns that line.
+fn train_error(dir: &Path, args: &[&str]) -> String {
+    let run_dir = dir.join("run");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_downpour"))
+        .arg("train")
+        .args(args)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "train succeeded with {args:?}");
+    assert!(
+        !stderr.contains("panicked"),
+        "panic with {args:?}:\n{stderr}"
+    );
+    assert!(!run_dir.exists(), "a run directory was created");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line:\n{stderr}");
+    errors[0].to_owned()
+}
+
+#[test]
+fn train_reports_bad_user_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let agaricus_train = agaricus().join("agaricus.txt.train");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "a,b,y\r\n1,2,x\r\n3,four,y\r\n").unwrap();
+    let zero_based = dir.path().join("zero.svm");
+    std::fs::write(&zero_based, "1 0:1 3:1\n").unwrap();
+
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--data", agaricus_train.to_str().unwrap()],
+            format!(
+                "error: {}: cannot tell the data format from the file name; give --format idx, \
+                 csv, libsvm or npy",
+                agaricus_train.display()
+            ),
+        ),
+        (
+            vec!["--data", csv.to_str().unwrap()],
+            format!(
+                "error: {}: line 3, column 2: \"four\" is not a number; fix the value or give \
+                 --fill-value",
+                csv.display()
+            ),
+        ),
+        (
+            vec!["--data", zero_based.to_str().unwrap()],
+            format!(
+                "error: {}: line 1, column 3: index 0 in a file read as 1-based; if the file's \
+                 indices count from 0, give --zero-based",
+                zero_based.display()
+            ),
+        ),
+        (
+            vec![
+                "--data",
+                agaricus_train.to_str().unwrap(),
+                "--format",
+                "libsvm",
+                "--validation-fraction",
+                "1",
+            ],
+            "error: --validation-fraction must be in (0, 1), got 1".to_owned(),
+        ),
+    ];
+    for (args, expected) in cases {
+        assert_eq!(train_error(dir.path(), &args), expected, "{args:?}");
+    }
+}
