@@ -46,15 +46,15 @@ pub(crate) fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     );
 
     let sink: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("{}: cannot create", path.display()))?,
-        )),
+        Some(path) => Box::new(BufWriter::new(File::create(path).with_context(|| {
+            format!("{}: failed to create the output file", path.display())
+        })?)),
         None => Box::new(BufWriter::new(io::stdout().lock())),
     };
     match write_predictions(sink, &classes, &probabilities) {
         // A reader such as `head` that stops early is not an error.
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        result => result.context("cannot write the predictions"),
+        result => result.context("failed to write the predictions"),
     }
 }
 
