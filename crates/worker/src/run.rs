@@ -206,7 +206,7 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
                     pushes: std::mem::take(&mut session.pushes),
                 };
                 let done = retry_unreachable("coordinator", "CompleteWork", || {
-                    let (mut coordinator, request) = (coordinator.clone(), request);
+                    let (mut coordinator, request) = (coordinator.clone(), request.clone());
                     async move {
                         coordinator
                             .complete_work(request)
