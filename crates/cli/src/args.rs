@@ -13,9 +13,23 @@ use crate::input_args::{ReadArgs, SplitArgs};
 /// Asynchronous data-parallel SGD: a parameter server stores θ, workers push
 /// minibatch gradients over gRPC, and a coordinator shards the data and
 /// stops training early on the validation error.
+///
+/// Every flag can also be set by the environment variable shown in its
+/// help, `DOWNPOUR_` and the flag's name, and by the config file. A flag
+/// on the command line wins over the environment, and the environment over
+/// the file.
 #[derive(Debug, Parser)]
 #[command(name = "downpour", version)]
 pub struct Cli {
+    /// TOML file of settings: keys are flag names without the dashes, such
+    /// as `batch_size = 128`, at the top level for every subcommand or in a
+    /// `[coordinator]`, `[ps]`, `[worker]`, `[train]` or `[eval]` table.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings this subcommand would run with, as TOML with the
+    /// source of each value, and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -318,9 +332,25 @@ impl TokenArgs {
     /// # Errors
     ///
     /// Fails when neither is set, or the token cannot be read or is invalid.
-    pub fn read(&self) -> Result<ClusterToken, TokenError> {
+    pub fn read(&self) -> anyhow::Result<ClusterToken> {
+        self.check_tls()?;
         let token = ClusterToken::from_file_or_env(self.token_file.as_deref())?;
-        self.add_tls(token)
+        Ok(self.add_tls(token)?)
+    }
+
+    /// Rejects some but not all of the TLS settings. Clap checks this for
+    /// flags and environment variables, but not for config-file values.
+    fn check_tls(&self) -> anyhow::Result<()> {
+        let given = [&self.tls_ca, &self.tls_cert, &self.tls_key]
+            .iter()
+            .filter(|path| path.is_some())
+            .count();
+        if given == 0 || given == 3 {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "TLS needs all of --tls-ca, --tls-cert and --tls-key, but only {given} of them are set"
+        )
     }
 
     fn add_tls(&self, token: ClusterToken) -> Result<ClusterToken, TokenError> {
@@ -336,11 +366,13 @@ impl TokenArgs {
     /// # Errors
     ///
     /// Fails when a given source cannot be read or contains an invalid token.
-    pub fn read_or_random(&self) -> Result<ClusterToken, TokenError> {
-        match self.read() {
-            Err(TokenError::Missing) => self.add_tls(ClusterToken::random()),
-            other => other,
-        }
+    pub fn read_or_random(&self) -> anyhow::Result<ClusterToken> {
+        self.check_tls()?;
+        let token = match ClusterToken::from_file_or_env(self.token_file.as_deref()) {
+            Err(TokenError::Missing) => ClusterToken::random(),
+            other => other?,
+        };
+        Ok(self.add_tls(token)?)
     }
 }
 

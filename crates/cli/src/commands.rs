@@ -191,6 +191,11 @@ const PS_CHECKPOINT: &str = "ps.safetensors";
 
 async fn ps(args: PsArgs) -> anyhow::Result<()> {
     let token = args.token.read()?;
+    if args.restore && args.checkpoint_dir.is_none() {
+        bail!(
+            "--restore needs --checkpoint-dir, the folder that holds the checkpoint to resume from"
+        );
+    }
     if args.checkpoint_every == 0 {
         bail!("--checkpoint-every must be at least 1 update, got 0");
     }

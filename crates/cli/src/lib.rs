@@ -6,17 +6,30 @@ mod commands;
 mod eval_data;
 mod input_args;
 mod predict;
+mod layers;
 
 use std::io::IsTerminal;
-
-use clap::Parser;
 
 pub use args::Cli;
 
 /// Parses the command line, runs the subcommand and returns the process
 /// exit status. Errors are printed as one line on standard error.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match layers::parse(std::env::args_os().collect()) {
+        Ok(layers::Parsed {
+            printed_config: Some(settings),
+            ..
+        }) => {
+            print!("{settings}");
+            return 0;
+        }
+        Ok(parsed) => parsed.cli,
+        Err(layers::ParseFailure::Clap(error)) => error.exit(),
+        Err(layers::ParseFailure::Config(error)) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
     install_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
