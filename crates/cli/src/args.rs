@@ -231,6 +231,10 @@ pub struct CoordinatorArgs {
     /// hold θ, or have restarted with --restore.
     #[arg(long, requires = "run_dir")]
     pub resume: bool,
+    /// Seconds to keep retrying the first connection to each parameter
+    /// server, with waits between tries that double up to 2 s.
+    #[arg(long, default_value_t = defaults::CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout: u64,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -277,9 +281,14 @@ pub struct WorkerArgs {
     /// [default: worker-<process id>].
     #[arg(long)]
     pub name: Option<String>,
-    /// Seconds to keep retrying the first connection to each peer.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds to keep retrying the first connection to each peer, with
+    /// waits between tries that double up to 2 s.
+    #[arg(long, default_value_t = defaults::CONNECT_TIMEOUT_SECS)]
     pub connect_timeout: u64,
+    /// Address to serve the gRPC health service on, HOST:PORT, for probes
+    /// of an orchestrator [default: none].
+    #[arg(long)]
+    pub health_listen: Option<String>,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -420,6 +429,7 @@ impl TrainingArgs {
             resume: false,
             clip_norm: self.clip_norm,
             clip_value: self.clip_value,
+            connect_timeout: std::time::Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
         }
     }
 

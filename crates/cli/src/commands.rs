@@ -6,6 +6,8 @@ use anyhow::{Context, bail};
 use downpour_coordinator::{PreparedRun, RunSummary, prepare};
 use downpour_data::checkpoint;
 use downpour_model::{Mlp, Workspace};
+use downpour_proto::auth::ClusterToken;
+use downpour_proto::transport::{health_service, incoming, server_builder};
 use downpour_ps::{Checkpointing, ParameterServerService};
 use downpour_worker::WorkerConfig;
 use tokio::net::TcpListener;
@@ -72,6 +74,7 @@ async fn bind(address: &str, flag: &str) -> anyhow::Result<TcpListener> {
 async fn prepare_run(
     training: &TrainingArgs,
     ps_addresses: Vec<String>,
+    connect_timeout: Duration,
 ) -> anyhow::Result<PreparedRun> {
     if !training.data.exists() {
         bail!(
@@ -81,7 +84,8 @@ async fn prepare_run(
                 .map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())
         );
     }
-    let config = training.to_config(training.run_dir_or_default(), ps_addresses);
+    let mut config = training.to_config(training.run_dir_or_default(), ps_addresses);
+    config.connect_timeout = connect_timeout;
     let prepared = tokio::task::spawn_blocking(move || prepare(config))
         .await
         .context("data preparation task failed")??;
@@ -120,7 +124,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let coordinator_address = coordinator_listener.local_addr()?.to_string();
 
     let token = args.token.read_or_random()?;
-    let prepared = prepare_run(training, ps_addresses).await?;
+    let prepared = prepare_run(training, ps_addresses, Duration::from_secs(10)).await?;
     let run_dir = prepared.config.run_dir.clone();
     let worker_count = prepared.config.workers;
 
@@ -177,7 +181,12 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
 
 async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let token = args.token.read()?;
-    let mut prepared = prepare_run(&args.training, args.ps.clone()).await?;
+    let mut prepared = prepare_run(
+        &args.training,
+        args.ps.clone(),
+        Duration::from_secs(args.connect_timeout),
+    )
+    .await?;
     prepared.config.resume = args.resume;
     let run_dir = prepared.config.run_dir.clone();
     let listener = bind(&args.listen, "--listen").await?;
@@ -233,8 +242,33 @@ async fn ps(args: PsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves only the gRPC health service on `address` until the process
+/// ends, for a role that has no server of its own.
+async fn serve_health(address: &str, token: &ClusterToken) -> anyhow::Result<()> {
+    let listener = bind(address, "--health-listen").await?;
+    info!(address, "health service listening");
+    let (reporter, health) = health_service();
+    let router = server_builder(token)
+        .context("--health-listen: cannot use the TLS settings")?
+        .add_service(health);
+    tokio::spawn(async move {
+        // The reporter lives as long as the server.
+        let _reporter = reporter;
+        if let Err(error) = router
+            .serve_with_incoming_shutdown(incoming(listener), shutdown_signal())
+            .await
+        {
+            error!(error = %error, "health service failed");
+        }
+    });
+    Ok(())
+}
+
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let token = args.token.read()?;
+    if let Some(address) = &args.health_listen {
+        serve_health(address, &token).await?;
+    }
     let config = WorkerConfig {
         coordinator: args.coordinator,
         ps: args.ps,

@@ -32,6 +32,8 @@ pub mod defaults {
     pub const FETCH_EVERY: u32 = 1;
     /// Seconds of silence after which a worker loses its lease.
     pub const LEASE_TIMEOUT_SECS: f64 = 60.0;
+    /// Seconds a role keeps retrying its first connection to a peer.
+    pub const CONNECT_TIMEOUT_SECS: u64 = 60;
 }
 
 /// Everything the coordinator needs to run one training job.
@@ -89,6 +91,9 @@ pub struct CoordinatorConfig {
     /// Largest absolute value of a pushed gradient value; workers clamp
     /// larger ones. 0 turns value clipping off.
     pub clip_value: f32,
+    /// How long to keep retrying the first connection to each parameter
+    /// server, which may start after the coordinator.
+    pub connect_timeout: Duration,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -176,6 +181,7 @@ impl CoordinatorConfig {
             resume: false,
             clip_norm: 0.0,
             clip_value: 0.0,
+            connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
         }
     }
 

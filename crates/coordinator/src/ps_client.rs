@@ -17,9 +17,6 @@ use tracing::warn;
 
 use crate::error::CoordinatorError;
 
-/// How long the coordinator keeps trying to reach each parameter server.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// How long the coordinator keeps retrying a pull from a parameter server
 /// that does not reply, as while it restarts from a checkpoint.
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -91,16 +88,17 @@ fn rpc_error(address: &str) -> impl Fn(tonic::Status) -> CoordinatorError + '_ {
 }
 
 impl ParameterServers {
-    /// Connects to every server, retrying each for up to a minute.
+    /// Connects to every server, retrying each for up to `timeout`.
     pub(crate) async fn connect(
         addresses: &[String],
         ranges: &[Range<usize>],
         piece_values: usize,
+        timeout: Duration,
         token: &ClusterToken,
     ) -> Result<Self, CoordinatorError> {
         let mut servers = Vec::with_capacity(addresses.len());
         for (address, range) in addresses.iter().zip(ranges) {
-            let channel = connect_with_retry("parameter server", address, CONNECT_TIMEOUT, token)
+            let channel = connect_with_retry("parameter server", address, timeout, token)
                 .await
                 .map_err(|error| CoordinatorError::ParameterServer {
                     address: address.clone(),

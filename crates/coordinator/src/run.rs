@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use downpour_model::{Evaluation, Mlp, Workspace};
 use downpour_proto::auth::{ClusterToken, RequireToken};
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, health_service, incoming, server_builder};
 use downpour_proto::v1::coordinator_server::CoordinatorServer;
 use downpour_proto::v1::{
     Compensation, ConsistencyMode, GradientEncoding, InitRequest, OptimizerConfig, PsShard,
@@ -117,12 +117,15 @@ pub async fn run(
     }
     let mut builder = server_builder(&token)
         .map_err(|error| CoordinatorError::Tls(downpour_proto::transport::error_chain(&error)))?;
-    let server = tokio::spawn(builder.add_service(service).serve_with_incoming_shutdown(
-        incoming(listener),
-        async {
-            server_stopped.await.ok();
-        },
-    ));
+    let (_health_reporter, health) = health_service();
+    let server = tokio::spawn(
+        builder
+            .add_service(health)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming(listener), async {
+                server_stopped.await.ok();
+            }),
+    );
 
     let leases = tokio::spawn(expire_leases(shared.clone()));
     let outcome = tokio::select! {
@@ -277,9 +280,14 @@ async fn drive(
         ..
     } = prepared;
     warn_if_momentum_may_stall(&config);
-    let mut servers =
-        ParameterServers::connect(&config.ps_addresses, &ps_ranges, config.piece_values, token)
-            .await?;
+    let mut servers = ParameterServers::connect(
+        &config.ps_addresses,
+        &ps_ranges,
+        config.piece_values,
+        config.connect_timeout,
+        token,
+    )
+    .await?;
     if resumed {
         // θ is on the servers already; a server that lost it must restart
         // with --restore before the run can go on.

@@ -52,6 +52,17 @@ pub fn server_builder(token: &ClusterToken) -> Result<Server, tonic::transport::
     }
 }
 
+/// Creates the standard gRPC health service, `grpc.health.v1.Health`, which
+/// reports SERVING for the server as a whole (service name "") until the
+/// reporter says otherwise. Servers add it without the token check, so
+/// that probes of an orchestrator, which send no token, can call it.
+pub fn health_service() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
 /// An address that cannot be dialled.
 #[derive(Debug, thiserror::Error)]
 pub enum AddressError {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use downpour_proto::auth::{ClusterToken, RequireToken};
-use downpour_proto::transport::{MAX_MESSAGE_BYTES, incoming, server_builder};
+use downpour_proto::transport::{MAX_MESSAGE_BYTES, health_service, incoming, server_builder};
 use downpour_proto::v1::parameter_server_server::{ParameterServer, ParameterServerServer};
 use downpour_proto::v1::{
     ConsistencyMode, FinishReply, FinishRequest, GradientEncoding, InitReply, InitRequest,
@@ -875,7 +875,9 @@ pub async fn serve_service(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = InterceptedService::new(server, RequireToken::new(&token, "parameter server"));
+    let (_health_reporter, health) = health_service();
     let served = server_builder(&token)?
+        .add_service(health)
         .add_service(server)
         .serve_with_incoming_shutdown(incoming(listener), async move {
             tokio::select! {
