@@ -24,6 +24,9 @@ else
 fi
 
 min_accuracy=${DOWNPOUR_MIN_ACCURACY:-0.975}
+# Ten validation passes without improvement, not the default twenty, keep
+# the three runs short; the compose file passes this to the coordinator.
+export DOWNPOUR_PATIENCE=${DOWNPOUR_PATIENCE:-10}
 project=downpour-test-$$
 image=downpour:test-$$
 work=$(mktemp -d)

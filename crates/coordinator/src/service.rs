@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use downpour_proto::v1::coordinator_server::Coordinator;
 use downpour_proto::v1::{
-    CompleteWorkReply, CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatReply,
-    HeartbeatRequest, NextWorkReply, NextWorkRequest, RegisterReply, RegisterRequest, ShardChunk,
-    StopReason, next_work_reply,
+    CompleteWorkReply, CompleteWorkRequest, DeregisterReply, DeregisterRequest, FetchShardRequest,
+    GradientEncoding, HeartbeatReply, HeartbeatRequest, NextWorkReply, NextWorkRequest,
+    RegisterReply, RegisterRequest, ShardChunk, StopReason, next_work_reply,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -304,37 +304,60 @@ impl Shared {
             .map(|w| w.id)
             .collect();
         for &id in &expired {
-            // A worker that lost its lease counts as stopped, so the end of
-            // the run does not wait for it.
-            self.stopped_workers.send_modify(|count| *count += 1);
-            let shards = std::mem::take(&mut inner.workers[id as usize].shards);
-            inner.workers[id as usize].lease_lost = true;
-            inner.workers[id as usize].leases_lost += 1;
-            let epoch = inner.schedule.epoch();
-            for shard in shards {
-                let first = inner.schedule.first_undone(shard);
-                let released = inner.schedule.release(shard);
-                let range = WorkRange {
-                    epoch,
-                    shard,
-                    first_batch: first,
-                    batch_count: released,
-                };
-                let examples = self.range_examples(&range);
-                usage(&mut inner.epochs, epoch).reassigned_examples += examples;
-                inner.orphans.push(shard);
-                warn!(
-                    worker_id = id,
-                    shard,
-                    minibatches_reassigned = released,
-                    "worker lease expired; its shard goes to the other workers"
-                );
-            }
+            self.take_lease(&mut inner, id, "worker lease expired");
         }
         if !expired.is_empty() {
             self.save_quietly(&inner);
         }
         expired
+    }
+
+    /// Ends the lease of a worker that is shutting down, as an expiry
+    /// would. Returns whether it held one; without leases (bounded and
+    /// sync modes) nothing changes.
+    pub(crate) fn deregister(&self, id: u32) -> Result<bool, Status> {
+        let mut inner = self.lock();
+        let worker = worker_mut(&mut inner, id)?;
+        if self.info.lease_timeout.is_none()
+            || worker.lease_lost
+            || worker.stop_sent
+            || inner.schedule.stop_reason().is_some()
+        {
+            return Ok(false);
+        }
+        self.take_lease(&mut inner, id, "worker deregistered");
+        Ok(true)
+    }
+
+    /// Takes worker `id`'s lease: its shards become orphans and their
+    /// unfinished ranges go back to the pool.
+    fn take_lease(&self, inner: &mut Inner, id: u32, why: &str) {
+        // A worker that lost its lease counts as stopped, so the end of
+        // the run does not wait for it.
+        self.stopped_workers.send_modify(|count| *count += 1);
+        let shards = std::mem::take(&mut inner.workers[id as usize].shards);
+        inner.workers[id as usize].lease_lost = true;
+        inner.workers[id as usize].leases_lost += 1;
+        let epoch = inner.schedule.epoch();
+        for shard in shards {
+            let first = inner.schedule.first_undone(shard);
+            let released = inner.schedule.release(shard);
+            let range = WorkRange {
+                epoch,
+                shard,
+                first_batch: first,
+                batch_count: released,
+            };
+            let examples = self.range_examples(&range);
+            usage(&mut inner.epochs, epoch).reassigned_examples += examples;
+            inner.orphans.push(shard);
+            warn!(
+                worker_id = id,
+                shard,
+                minibatches_reassigned = released,
+                "{why}; its shard goes to the other workers"
+            );
+        }
     }
 
     fn record_stop_sent(&self, inner: &mut Inner, worker_id: u32) {
@@ -665,6 +688,17 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(HeartbeatReply {
             lease_lost: worker.lease_lost,
         }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterReply>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        if !self.shared.deregister(worker_id)? {
+            info!(worker_id, "worker deregistered after its lease ended");
+        }
+        Ok(Response::new(DeregisterReply {}))
     }
 
     type FetchShardStream = ShardStream;

@@ -13,8 +13,8 @@ use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
 use downpour_proto::v1::{
-    CompleteWorkRequest, FetchShardRequest, GradientEncoding, HeartbeatRequest, NextWorkRequest,
-    PushRecord, RegisterReply, RegisterRequest, WorkRange, next_work_reply,
+    CompleteWorkRequest, DeregisterRequest, FetchShardRequest, GradientEncoding, HeartbeatRequest,
+    NextWorkRequest, PushRecord, RegisterReply, RegisterRequest, WorkRange, next_work_reply,
 };
 use downpour_proto::{encode_bf16s_reusing, encode_f32s_reusing};
 use tracing::{debug, info, warn};
@@ -64,13 +64,59 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, WorkerError> {
+    let registration = Arc::new(Registration {
+        coordinator: std::sync::OnceLock::new(),
+        worker_id: Arc::new(AtomicU32::new(0)),
+    });
     tokio::select! {
-        report = work(config) => report,
-        () = shutdown => Err(WorkerError::Interrupted),
+        report = work(config, registration.clone()) => report,
+        () = shutdown => {
+            // The minibatch in flight is abandoned; the coordinator hands
+            // the unfinished work to the other workers.
+            deregister(&registration).await;
+            Err(WorkerError::Interrupted)
+        }
     }
 }
 
-async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
+/// The coordinator client and worker id once the worker has registered,
+/// for the deregistration at shutdown.
+#[derive(Debug)]
+struct Registration {
+    coordinator: std::sync::OnceLock<Coordinator>,
+    worker_id: Arc<AtomicU32>,
+}
+
+/// How long a worker that shuts down waits for the coordinator to confirm
+/// its deregistration.
+const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn deregister(registration: &Registration) {
+    let Some(coordinator) = registration.coordinator.get() else {
+        return;
+    };
+    let worker_id = registration.worker_id.load(Ordering::Relaxed);
+    let request = DeregisterRequest { worker_id };
+    match tokio::time::timeout(DEREGISTER_TIMEOUT, coordinator.clone().deregister(request)).await {
+        Ok(Ok(_)) => info!(worker_id, "deregistered from the coordinator"),
+        Ok(Err(status)) => warn!(
+            worker_id,
+            code = ?status.code(),
+            error = %status.message(),
+            "deregistration failed; the coordinator takes the lease when it expires"
+        ),
+        Err(_) => warn!(
+            worker_id,
+            timeout_s = DEREGISTER_TIMEOUT.as_secs(),
+            "deregistration timed out; the coordinator takes the lease when it expires"
+        ),
+    }
+}
+
+async fn work(
+    config: WorkerConfig,
+    registered: Arc<Registration>,
+) -> Result<WorkerReport, WorkerError> {
     let channel = connect_with_retry(
         "coordinator",
         &config.coordinator,
@@ -156,7 +202,9 @@ async fn work(config: WorkerConfig) -> Result<WorkerReport, WorkerError> {
             stop_reason: String::new(),
         },
     };
-    let heartbeat_id = Arc::new(AtomicU32::new(worker_id));
+    let heartbeat_id = registered.worker_id.clone();
+    heartbeat_id.store(worker_id, Ordering::Relaxed);
+    let _ = registered.coordinator.set(coordinator.clone());
     let heartbeats = (registration.lease_timeout_ms > 0).then(|| {
         let period =
             Duration::from_millis(registration.lease_timeout_ms / 4).max(Duration::from_millis(25));
