@@ -348,7 +348,7 @@ impl TokenArgs {
     }
 
     /// Rejects some but not all of the TLS settings. Clap checks this for
-    /// flags and environment variables, but not for config-file values.
+    /// flags but not for config-file values, which reach it as defaults.
     fn check_tls(&self) -> anyhow::Result<()> {
         let given = [&self.tls_ca, &self.tls_cert, &self.tls_key]
             .iter()

@@ -5,9 +5,9 @@
 //!
 //! The layering works on the clap command that the derive in `args.rs`
 //! builds, so a new flag gets its environment variable and file key
-//! without code here: the environment variable is the flag's name in upper
-//! case with `-` as `_`, and the file key is the flag's name without the
-//! dashes (`-` and `_` are interchangeable).
+//! without code here. The environment variable is the flag's name in upper
+//! case with `-` as `_`. The file key is the flag's name without the
+//! dashes, and `-` and `_` are interchangeable in it.
 //!
 //! A file value becomes the flag's default, which clap uses only when
 //! neither the command line nor the environment sets the flag.
@@ -150,7 +150,7 @@ fn scan(argv: &[OsString]) -> (Option<String>, Option<PathBuf>) {
 
 /// Reads the config file and returns, per flag id of `subcommand`, the
 /// values the file sets. Keys at the top level apply to every subcommand
-/// that has the flag; keys in a table named after a subcommand apply to it
+/// that has the flag. Keys in a table named after a subcommand apply to it
 /// alone and win over the top level.
 fn read_file(
     command: &Command,
@@ -309,7 +309,7 @@ fn first_error_line(error: &clap::Error) -> String {
 
 fn file_default(arg: Arg, values: &[String]) -> Arg {
     // A required flag that the file sets is no longer required on the
-    // command line; clap would otherwise ignore the default.
+    // command line, because clap ignores defaults of required flags.
     arg.required(false).default_values(values.to_vec())
 }
 

@@ -326,12 +326,13 @@ impl Shared {
             return Ok(false);
         }
         self.take_lease(&mut inner, id, "worker deregistered");
+        self.save_quietly(&inner);
         Ok(true)
     }
 
     /// Takes worker `id`'s lease: its shards become orphans and their
     /// unfinished ranges go back to the pool.
-    fn take_lease(&self, inner: &mut Inner, id: u32, why: &str) {
+    fn take_lease(&self, inner: &mut Inner, id: u32, reason: &str) {
         // A worker that lost its lease counts as stopped, so the end of
         // the run does not wait for it.
         self.stopped_workers.send_modify(|count| *count += 1);
@@ -355,7 +356,7 @@ impl Shared {
                 worker_id = id,
                 shard,
                 minibatches_reassigned = released,
-                "{why}; its shard goes to the other workers"
+                "{reason}; its shard goes to the other workers"
             );
         }
     }
