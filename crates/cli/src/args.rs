@@ -178,6 +178,20 @@ pub struct TrainingArgs {
     /// [default: runs/<date>-<time>].
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Also write the event log as TensorBoard scalars, in an
+    /// `events.out.tfevents.*` file in the run directory.
+    #[arg(long)]
+    pub tensorboard: bool,
+}
+
+/// The Prometheus endpoint of a role.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics, without
+    /// authentication, so keep it on a loopback or private address
+    /// [default: no endpoint].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
 }
 
 /// The sources of the cluster token.
@@ -209,6 +223,9 @@ pub struct TrainArgs {
     /// random one otherwise.
     #[command(flatten)]
     pub token: TokenArgs,
+    /// One endpoint serves the metrics of every node in the process.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Parameter servers to split θ over.
     #[arg(long, default_value_t = 1)]
     pub ps_shards: usize,
@@ -237,6 +254,8 @@ pub struct CoordinatorArgs {
     pub connect_timeout: u64,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +284,8 @@ pub struct PsArgs {
     pub restore: bool,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +312,8 @@ pub struct WorkerArgs {
     pub health_listen: Option<String>,
     #[command(flatten)]
     pub token: TokenArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// The split of an MNIST folder that `eval` scores.
@@ -430,6 +453,7 @@ impl TrainingArgs {
             clip_norm: self.clip_norm,
             clip_value: self.clip_value,
             connect_timeout: std::time::Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
+            tensorboard: self.tensorboard,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::args::{
     Cli, Command, CoordinatorArgs, EvalArgs, LandscapeArgs, PsArgs, ReportArgs, TrainArgs,
     TrainingArgs, WorkerArgs,
 };
+use crate::metrics::MetricsEndpoint;
 
 /// Runs the chosen subcommand.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -127,10 +128,13 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     let prepared = prepare_run(training, ps_addresses, Duration::from_secs(10)).await?;
     let run_dir = prepared.config.run_dir.clone();
     let worker_count = prepared.config.workers;
+    let metrics = MetricsEndpoint::start(&args.metrics).await?;
 
     let mut servers = JoinSet::new();
-    for listener in ps_listeners {
-        servers.spawn(downpour_ps::serve(
+    for (index, listener) in ps_listeners.into_iter().enumerate() {
+        let service = metrics.ps(ParameterServerService::new(), &format!("ps-{index}"))?;
+        servers.spawn(downpour_ps::serve_service(
+            service,
             listener,
             token.clone(),
             std::future::pending(),
@@ -138,20 +142,31 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let mut workers = JoinSet::new();
     for index in 0..worker_count {
+        let name = format!("local-{index}");
+        let worker_metrics = metrics.worker(&name)?;
         let config = WorkerConfig {
             coordinator: coordinator_address.clone(),
             ps: None,
-            name: format!("local-{index}"),
+            name,
             connect_timeout: Duration::from_secs(10),
             token: token.clone(),
         };
-        workers.spawn(downpour_worker::run(config, std::future::pending()));
+        workers.spawn(downpour_worker::run_with_metrics(
+            config,
+            worker_metrics,
+            std::future::pending(),
+        ));
     }
 
     // A worker that fails ends the run, since no other worker takes over
     // its shard.
-    let coordinator =
-        downpour_coordinator::run(prepared, coordinator_listener, token, shutdown_signal());
+    let coordinator = downpour_coordinator::run_with_metrics(
+        prepared,
+        coordinator_listener,
+        token,
+        shutdown_signal(),
+        metrics.coordinator()?,
+    );
     tokio::pin!(coordinator);
     let summary = loop {
         tokio::select! {
@@ -175,6 +190,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
             error!(error = %ps_error, "parameter server failed");
         }
     }
+    metrics.stop().await;
     print_summary(&summary, &run_dir);
     Ok(())
 }
@@ -190,7 +206,16 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     prepared.config.resume = args.resume;
     let run_dir = prepared.config.run_dir.clone();
     let listener = bind(&args.listen, "--listen").await?;
-    let summary = downpour_coordinator::run(prepared, listener, token, shutdown_signal()).await?;
+    let metrics = MetricsEndpoint::start(&args.metrics).await?;
+    let summary = downpour_coordinator::run_with_metrics(
+        prepared,
+        listener,
+        token,
+        shutdown_signal(),
+        metrics.coordinator()?,
+    )
+    .await?;
+    metrics.stop().await;
     print_summary(&summary, &run_dir);
     Ok(())
 }
@@ -236,9 +261,12 @@ async fn ps(args: PsArgs) -> anyhow::Result<()> {
         }
     }
     let listener = bind(&args.listen, "--listen").await?;
+    let metrics = MetricsEndpoint::start(&args.metrics).await?;
+    let service = metrics.ps(service, "ps")?;
     downpour_ps::serve_service(service, listener, token, shutdown_signal())
         .await
         .context("parameter server failed")?;
+    metrics.stop().await;
     Ok(())
 }
 
@@ -269,16 +297,21 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(address) = &args.health_listen {
         serve_health(address, &token).await?;
     }
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let metrics = MetricsEndpoint::start(&args.metrics).await?;
+    let worker_metrics = metrics.worker(&name)?;
     let config = WorkerConfig {
         coordinator: args.coordinator,
         ps: args.ps,
-        name: args
-            .name
-            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        name,
         connect_timeout: Duration::from_secs(args.connect_timeout),
         token,
     };
-    let report = downpour_worker::run(config, shutdown_signal()).await?;
+    let report =
+        downpour_worker::run_with_metrics(config, worker_metrics, shutdown_signal()).await?;
+    metrics.stop().await;
     info!(
         worker_id = report.worker_id,
         minibatches = report.minibatches,

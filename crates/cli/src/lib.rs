@@ -7,6 +7,7 @@ mod eval_data;
 mod input_args;
 mod predict;
 mod layers;
+mod metrics;
 
 use std::io::IsTerminal;
 

@@ -94,6 +94,8 @@ pub struct CoordinatorConfig {
     /// How long to keep retrying the first connection to each parameter
     /// server, which may start after the coordinator.
     pub connect_timeout: Duration,
+    /// Also write each row of the event log as TensorBoard scalars.
+    pub tensorboard: bool,
 }
 
 /// A setting out of range. Each message names the command-line flag.
@@ -182,6 +184,7 @@ impl CoordinatorConfig {
             clip_norm: 0.0,
             clip_value: 0.0,
             connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
+            tensorboard: false,
         }
     }
 

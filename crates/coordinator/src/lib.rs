@@ -16,6 +16,7 @@ mod config;
 mod diagnostics;
 mod early_stopping;
 mod error;
+mod metrics;
 mod prepare;
 mod ps_client;
 mod ps_layout;
@@ -32,9 +33,10 @@ pub use diagnostics::{
 };
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use error::CoordinatorError;
+pub use metrics::CoordinatorMetrics;
 pub use prepare::{EvalSet, PreparedRun, prepare};
 pub use ps_layout::split_params;
-pub use run::run;
+pub use run::{run, run_with_metrics};
 pub use run_dir::{
     BEST_CHECKPOINT, EvalEvent, INITIAL_CHECKPOINT, LAST_CHECKPOINT, RunDir, RunSummary,
     StalenessSummary,

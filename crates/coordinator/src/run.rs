@@ -24,6 +24,7 @@ use crate::config::CoordinatorConfig;
 use crate::diagnostics::{CurvatureSet, EvalDiagnostics, PushRecorder};
 use crate::early_stopping::{EarlyStopping, Verdict};
 use crate::error::CoordinatorError;
+use crate::metrics::CoordinatorMetrics;
 use crate::prepare::{EvalSet, PreparedRun};
 use crate::ps_client::ParameterServers;
 use crate::run_dir::{
@@ -61,6 +62,23 @@ pub async fn run(
     token: ClusterToken,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<RunSummary, CoordinatorError> {
+    let metrics = CoordinatorMetrics::unregistered();
+    run_with_metrics(prepared, listener, token, shutdown, metrics).await
+}
+
+/// Runs a prepared training job as [`run`] does, recording each validation
+/// pass and each RPC in `metrics`.
+///
+/// # Errors
+///
+/// Fails as [`run`] does.
+pub async fn run_with_metrics(
+    prepared: PreparedRun,
+    listener: TcpListener,
+    token: ClusterToken,
+    shutdown: impl Future<Output = ()> + Send,
+    metrics: CoordinatorMetrics,
+) -> Result<RunSummary, CoordinatorError> {
     let identity = RunIdentity::of(&prepared.config);
     let (mut run_dir, saved) = if prepared.config.resume {
         let run_dir = RunDir::resume(&prepared.config.run_dir)?;
@@ -75,6 +93,9 @@ pub async fn run(
         )?;
         (run_dir, None)
     };
+    if prepared.config.tensorboard {
+        run_dir.write_tensorboard()?;
+    }
 
     let mut info = run_info(&prepared, &run_dir);
     if let Some(saved) = &saved {
@@ -110,6 +131,7 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = InterceptedService::new(service, RequireToken::new(&token, "coordinator"));
+    let service = metrics.rpc.wrap(service);
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     match listener.local_addr() {
         Ok(address) => info!(%address, "coordinator listening"),
@@ -129,7 +151,7 @@ pub async fn run(
 
     let leases = tokio::spawn(expire_leases(shared.clone()));
     let outcome = tokio::select! {
-        outcome = drive(prepared, &shared, &mut run_dir, &token, resumed) => outcome,
+        outcome = drive(prepared, &shared, &mut run_dir, &token, resumed, &metrics) => outcome,
         () = shutdown => Err(CoordinatorError::Interrupted),
     };
 
@@ -265,6 +287,7 @@ async fn drive(
     run_dir: &mut RunDir,
     token: &ClusterToken,
     resumed: bool,
+    metrics: &CoordinatorMetrics,
 ) -> Result<RunSummary, CoordinatorError> {
     let settings = init_settings(&prepared, &shared.info.run_id);
     let PreparedRun {
@@ -405,6 +428,7 @@ async fn drive(
                 curvature: probe,
             };
             log_progress(&event);
+            metrics.observe(&event);
             run_dir.append_event(&event)?;
             previous = Mark {
                 examples: totals.examples,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use downpour_data::formats::SplitsRecord;
 use downpour_data::{atomic, checkpoint};
+use downpour_metrics::tensorboard::{self, EventWriter};
 use downpour_model::ModelDescription;
 use serde::Serialize;
 
@@ -137,6 +138,8 @@ pub struct RunSummary {
 pub struct RunDir {
     path: PathBuf,
     events: BufWriter<File>,
+    /// TensorBoard scalars with the same rows as `events.jsonl`, when on.
+    tensorboard: Option<EventWriter>,
     /// `.lock` in the directory, exclusively locked until this is dropped.
     _lock: File,
 }
@@ -205,6 +208,7 @@ impl RunDir {
         Ok(Self {
             path: path.to_owned(),
             events: BufWriter::new(events),
+            tensorboard: None,
             _lock: lock,
         })
     }
@@ -242,6 +246,7 @@ impl RunDir {
         Ok(Self {
             path: path.to_owned(),
             events: BufWriter::new(events),
+            tensorboard: None,
             _lock: lock,
         })
     }
@@ -251,7 +256,21 @@ impl RunDir {
         &self.path
     }
 
-    /// Appends one row to `events.jsonl` and flushes it.
+    /// Starts a TensorBoard event file in the directory, which from now
+    /// on gets every row of `events.jsonl` as scalars.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of creating the file.
+    pub fn write_tensorboard(&mut self) -> Result<(), CoordinatorError> {
+        let writer = EventWriter::create(&self.path).map_err(io_error(&self.path))?;
+        self.tensorboard = Some(writer);
+        Ok(())
+    }
+
+    /// Appends one row to `events.jsonl` and flushes it. With TensorBoard
+    /// on, every number of the row also becomes a scalar named by its field,
+    /// at step `updates`.
     ///
     /// # Errors
     ///
@@ -263,7 +282,23 @@ impl RunDir {
             error: e.into(),
         })?;
         writeln!(self.events, "{line}").map_err(io_error(&path))?;
-        self.events.flush().map_err(io_error(&path))
+        self.events.flush().map_err(io_error(&path))?;
+        if let Some(writer) = &mut self.tensorboard {
+            // The same serialization as the line, so both files hold the
+            // same fields and values.
+            let row = serde_json::to_value(event).map_err(|e| CoordinatorError::Io {
+                path: path.clone(),
+                error: e.into(),
+            })?;
+            let step = i64::try_from(event.updates).unwrap_or(i64::MAX);
+            writer
+                .write_scalars(step, &tensorboard::scalars_from_json(&row))
+                .map_err(|error| CoordinatorError::Io {
+                    path: writer.path().to_owned(),
+                    error,
+                })?;
+        }
+        Ok(())
     }
 
     /// Writes a safetensors checkpoint and `model.json`.

@@ -30,7 +30,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     match listener.local_addr() {
-        Ok(address) => info!(%address, "metrics endpoint listening at http://{address}{METRICS_PATH}"),
+        Ok(address) => {
+            info!(%address, "metrics endpoint listening at http://{address}{METRICS_PATH}")
+        }
         Err(error) => warn!(%error, "metrics endpoint listening on an unknown address"),
     }
     tokio::pin!(shutdown);
@@ -154,14 +156,23 @@ mod tests {
         let page = fetch(address, "GET /metrics HTTP/1.1").await;
         assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(page.contains("text/plain; version=0.0.4"), "{page}");
-        assert!(page.contains("# TYPE downpour_test_total counter"), "{page}");
-        assert!(page.contains("downpour_test_total{node=\"ps-0\"} 3"), "{page}");
+        assert!(
+            page.contains("# TYPE downpour_test_total counter"),
+            "{page}"
+        );
+        assert!(
+            page.contains("downpour_test_total{node=\"ps-0\"} 3"),
+            "{page}"
+        );
 
         let missing = fetch(address, "GET /other HTTP/1.1").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         let posted = fetch(address, "POST /metrics HTTP/1.1").await;
         assert!(posted.starts_with("HTTP/1.1 405"), "{posted}");
-        assert!(posted.to_lowercase().contains("allow: get, head"), "{posted}");
+        assert!(
+            posted.to_lowercase().contains("allow: get, head"),
+            "{posted}"
+        );
 
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), server)

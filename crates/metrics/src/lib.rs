@@ -8,11 +8,13 @@
 
 mod endpoint;
 mod rpc;
+mod snapshot;
 pub mod tensorboard;
 
 pub use endpoint::serve;
 pub use prometheus;
 pub use rpc::{RpcTimer, Timed};
+pub use snapshot::{MetricSpec, Snapshot, SnapshotCollector};
 
 use prometheus::{HistogramOpts, Opts};
 

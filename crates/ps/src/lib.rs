@@ -10,6 +10,7 @@
 //! run and makes [`serve`] return.
 
 mod consistency;
+mod metrics;
 mod optimizer;
 mod service;
 mod store;

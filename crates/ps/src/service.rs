@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::consistency::{Compensation, Consistency, StepClock};
+use crate::metrics::{PsMetrics, Rejection, StoreReading};
 use crate::optimizer::SgdConfig;
 use crate::store::{Accepted, CheckpointError, ParamStore, Push, PushTotals, StoreError};
 
@@ -149,6 +150,7 @@ pub struct ParameterServerService {
     version: watch::Sender<VersionState>,
     finished: Arc<Notify>,
     checkpoint: Option<Arc<CheckpointWriter>>,
+    metrics: PsMetrics,
 }
 
 /// The state that long-polling pulls and held pushes wait on.
@@ -176,7 +178,38 @@ impl ParameterServerService {
             version: watch::Sender::new(VersionState::default()),
             finished: Arc::new(Notify::new()),
             checkpoint: None,
+            metrics: PsMetrics::unregistered(),
         }
+    }
+
+    /// Registers this server's metrics in `registry`, each labelled with
+    /// `node`: push totals, rejected pushes by reason and RPC latencies.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `registry` already holds metrics of a node named `node`.
+    pub fn with_metrics(
+        mut self,
+        registry: &downpour_metrics::prometheus::Registry,
+        node: &str,
+    ) -> downpour_metrics::prometheus::Result<Self> {
+        self.metrics = PsMetrics::new(Some(registry), node)?;
+        crate::metrics::register_totals(registry, node, self.clone())?;
+        Ok(self)
+    }
+
+    /// Reads the push totals and the state of θ for a metrics scrape.
+    pub(crate) fn read_store(&self) -> StoreReading {
+        let state = self.lock();
+        state
+            .store
+            .as_ref()
+            .map_or_else(StoreReading::default, |store| StoreReading {
+                totals: store.totals().clone(),
+                version: store.version(),
+                parameters: store.params().len(),
+                stopped: store.is_stopped(),
+            })
     }
 
     /// Writes a checkpoint every `settings.every_updates` updates, after
@@ -656,12 +689,16 @@ impl ParameterServer for ParameterServerService {
         let (accepted, consistency) = {
             let mut guard = self.lock();
             let state = &mut *guard;
-            let store = state.store.as_mut().ok_or_else(not_initialised)?;
+            let Some(store) = state.store.as_mut() else {
+                self.metrics.reject(Rejection::NotInitialised);
+                return Err(not_initialised());
+            };
             if request.more || request.offset > 0 {
                 // One assembly buffer per worker: refuse ids outside the run
                 // before allocating one.
                 if let Err(error) = store.check_worker(request.worker_id) {
                     warn!(worker_id = request.worker_id, %error, "push rejected");
+                    self.metrics.reject(Rejection::from(&error));
                     return Err(error.into());
                 }
                 let pieces = state.pieces.entry(request.worker_id).or_default();
@@ -675,6 +712,7 @@ impl ParameterServer for ParameterServerService {
                     });
                 if let Err(status) = received {
                     warn!(worker_id = request.worker_id, error = %status.message(), "push piece rejected");
+                    self.metrics.reject(Rejection::Malformed);
                     return Err(status);
                 }
                 if request.more {
@@ -684,6 +722,7 @@ impl ParameterServer for ParameterServerService {
                     }));
                 }
                 if !pieces.take_complete() {
+                    self.metrics.reject(Rejection::Malformed);
                     return Err(Status::invalid_argument(format!(
                         "the last piece ends at value {}, but the range holds {}",
                         pieces.filled,
@@ -700,6 +739,7 @@ impl ParameterServer for ParameterServerService {
                 && let Err(status) = decode_gradient(&request, &mut state.gradient)
             {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
+                self.metrics.reject(Rejection::Malformed);
                 return Err(status);
             }
             if let Some(status) = self.missing_pushes(store, &request) {
@@ -731,6 +771,7 @@ impl ParameterServer for ParameterServerService {
                 Ok(accepted) => (accepted, consistency),
                 Err(error) => {
                     warn!(worker_id = request.worker_id, %error, "push rejected");
+                    self.metrics.reject(Rejection::from(&error));
                     return Err(error.into());
                 }
             }
@@ -762,11 +803,15 @@ impl ParameterServer for ParameterServerService {
                 if waited.version <= step {
                     // Training stopped before the step was applied, and the
                     // held push was dropped.
+                    self.metrics.reject(Rejection::TrainingStopped);
                     return Ok(Response::new(self.stopped_reply(&request)?));
                 }
                 (staleness, Some(waited))
             }
-            Accepted::Stopped => return Ok(Response::new(self.stopped_reply(&request)?)),
+            Accepted::Stopped => {
+                self.metrics.reject(Rejection::TrainingStopped);
+                return Ok(Response::new(self.stopped_reply(&request)?));
+            }
             Accepted::Duplicate { ready_at } => {
                 info!(
                     worker_id = request.worker_id,
@@ -866,6 +911,7 @@ pub async fn serve_service(
 ) -> Result<(), tonic::transport::Error> {
     let finished = service.clone();
     let last = service.clone();
+    let timer = service.metrics.rpc.clone();
     match listener.local_addr() {
         Ok(address) => info!(%address, "parameter server listening"),
         Err(error) => warn!(%error, "parameter server listening on an unknown address"),
@@ -876,6 +922,7 @@ pub async fn serve_service(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let server = InterceptedService::new(server, RequireToken::new(&token, "parameter server"));
     let (_health_reporter, health) = health_service();
+    let server = timer.wrap(server);
     let served = server_builder(&token)?
         .add_service(health)
         .add_service(server)

@@ -5,9 +5,11 @@
 
 mod clipping;
 mod error;
+mod metrics;
 mod ps_shards;
 mod run;
 mod trainer;
 
 pub use error::WorkerError;
-pub use run::{WorkerConfig, WorkerReport, run};
+pub use metrics::WorkerMetrics;
+pub use run::{WorkerConfig, WorkerReport, run, run_with_metrics};

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::clipping::Clipping;
 use crate::error::WorkerError;
+use crate::metrics::{WorkerMetrics, l2_norm};
 use crate::ps_shards::{Gradient, ParameterServers, PushOutcome, retry_unreachable};
 use crate::trainer::Trainer;
 
@@ -117,6 +118,26 @@ async fn work(
     config: WorkerConfig,
     registered: Arc<Registration>,
 ) -> Result<WorkerReport, WorkerError> {
+    run_with_metrics(config, WorkerMetrics::unregistered(), shutdown).await
+}
+
+/// Runs a worker as [`run`] does, recording its work in `metrics`.
+///
+/// # Errors
+///
+/// Fails as [`run`] does.
+pub async fn run_with_metrics(
+    config: WorkerConfig,
+    metrics: WorkerMetrics,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<WorkerReport, WorkerError> {
+    tokio::select! {
+        report = work(config, metrics) => report,
+        () = shutdown => Err(WorkerError::Interrupted),
+    }
+}
+
+async fn work(config: WorkerConfig, metrics: WorkerMetrics) -> Result<WorkerReport, WorkerError> {
     let channel = connect_with_retry(
         "coordinator",
         &config.coordinator,
@@ -127,7 +148,10 @@ async fn work(
     let mut coordinator = CoordinatorClient::new(authenticated(channel, &config.token))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let registration = register(&coordinator, &config.name).await?;
+    let registration = metrics
+        .rpc
+        .time("Register", register(&coordinator, &config.name))
+        .await?;
     let worker_id = registration.worker_id;
     let description = ModelDescription::from_json(&registration.model_json)?;
     let batch_size = registration.batch_size.max(1) as usize;
@@ -194,6 +218,7 @@ async fn work(
         since_fetch: 0,
         wire: BytesMut::new(),
         shards: HashMap::new(),
+        metrics,
         report: WorkerReport {
             worker_id,
             minibatches: 0,
@@ -219,7 +244,7 @@ async fn work(
         let worker_id = session.worker_id;
         // Asking again is safe: the coordinator hands out again a range
         // whose reply was lost.
-        let reply = retry_unreachable("coordinator", "NextWork", || {
+        let next_work = retry_unreachable("coordinator", "NextWork", || {
             let mut coordinator = coordinator.clone();
             async move {
                 coordinator
@@ -227,9 +252,13 @@ async fn work(
                     .await
                     .map_err(WorkerError::rpc("NextWork"))
             }
-        })
-        .await?
-        .into_inner();
+        });
+        let reply = session
+            .metrics
+            .rpc
+            .time("NextWork", next_work)
+            .await?
+            .into_inner();
         match reply.action {
             Some(next_work_reply::Action::LeaseLost(_)) => {
                 session
@@ -253,7 +282,7 @@ async fn work(
                     pushes_acked: session.report.pushes,
                     pushes: std::mem::take(&mut session.pushes),
                 };
-                let done = retry_unreachable("coordinator", "CompleteWork", || {
+                let completed = retry_unreachable("coordinator", "CompleteWork", || {
                     let (mut coordinator, request) = (coordinator.clone(), request.clone());
                     async move {
                         coordinator
@@ -261,9 +290,13 @@ async fn work(
                             .await
                             .map_err(WorkerError::rpc("CompleteWork"))
                     }
-                })
-                .await?
-                .into_inner();
+                });
+                let done = session
+                    .metrics
+                    .rpc
+                    .time("CompleteWork", completed)
+                    .await?
+                    .into_inner();
                 if done.lease_lost {
                     session
                         .register_again(&mut coordinator, &mut ps, &config.name)
@@ -379,6 +412,7 @@ struct Session {
     /// Memory for the encoded gradient, reused from push to push.
     wire: BytesMut,
     shards: HashMap<u32, Arc<Dataset>>,
+    metrics: WorkerMetrics,
     report: WorkerReport,
 }
 
@@ -446,7 +480,11 @@ impl Session {
             worker_id = self.worker_id,
             "the coordinator took this worker's lease after a silence; registering again"
         );
-        let registration = register(coordinator, name).await?;
+        let registration = self
+            .metrics
+            .rpc
+            .time("Register", register(coordinator, name))
+            .await?;
         if registration.worker_id != self.worker_id {
             // Kept pushes carry the old id's sequence numbers.
             ps.clear_retained();
@@ -473,7 +511,9 @@ impl Session {
     /// for a retry of its pushes.
     async fn pull(&mut self, ps: &mut ParameterServers) -> Result<(), WorkerError> {
         let worker_id = self.worker_id;
-        let applied = ps.pull(worker_id, &mut self.trainer().params).await?;
+        let timer = self.metrics.rpc.clone();
+        let params = &mut self.trainer().params;
+        let applied = timer.time("Pull", ps.pull(worker_id, params)).await?;
         self.sequence = self.sequence.max(applied);
         self.since_fetch = 0;
         Ok(())
@@ -487,12 +527,11 @@ impl Session {
         if let Some(shard) = self.shards.get(&index) {
             return Ok(shard.clone());
         }
-        let shard = retry_unreachable("coordinator", "FetchShard", || {
+        let fetched = retry_unreachable("coordinator", "FetchShard", || {
             let mut coordinator = coordinator.clone();
             async move { fetch_shard(&mut coordinator, index).await }
-        })
-        .await?;
-        let shard = Arc::new(shard);
+        });
+        let shard = Arc::new(self.metrics.rpc.time("FetchShard", fetched).await?);
         let expected = self.trainer().inputs();
         if shard.num_features() != expected {
             return Err(WorkerError::ShardShape {
@@ -535,6 +574,7 @@ impl Session {
         );
         let mut compute = Duration::ZERO;
         let mut transport = Duration::ZERO;
+        let mut range_examples = 0usize;
         for batch in range.first_batch..range.first_batch.saturating_add(range.batch_count) {
             if batch as usize >= batches {
                 return Err(WorkerError::RangeOutOfShard {
@@ -573,6 +613,9 @@ impl Session {
             compute += push_started - step_started;
             self.report.minibatches += 1;
             self.report.examples += examples as u64;
+            self.metrics.minibatches.inc();
+            self.metrics.examples.inc_by(examples as u64);
+            range_examples += examples;
             self.since_fetch += 1;
 
             let ends_shard = batch as usize + 1 == batches;
@@ -602,6 +645,12 @@ impl Session {
             }
             transport += push_started.elapsed();
         }
+        let range_seconds = (compute + transport).as_secs_f64();
+        if range_seconds > 0.0 {
+            self.metrics
+                .examples_per_second
+                .set(range_examples as f64 / range_seconds);
+        }
         debug!(
             worker_id = self.worker_id,
             batches = range.batch_count,
@@ -629,6 +678,7 @@ impl Session {
             encoding,
             wire,
             clipping,
+            metrics,
             ..
         } = self;
         let trainer = trainer.as_mut().expect("the trainer is idle between steps");
@@ -639,6 +689,7 @@ impl Session {
         } else {
             (&mut trainer.gradient, examples as u32, loss)
         };
+        metrics.gradient_norm.set(l2_norm(gradient));
         let mut record = clipping.apply(gradient);
         let bytes = match encoding {
             GradientEncoding::F32 => encode_f32s_reusing(gradient, wire),
@@ -656,7 +707,10 @@ impl Session {
             batch,
             fetch,
         };
-        let outcome = ps.push(gradient, &mut trainer.params).await?;
+        let outcome = metrics
+            .rpc
+            .time("Push", ps.push(gradient, &mut trainer.params))
+            .await?;
         if self.push_every > 1 {
             accumulated.clear();
         }
@@ -665,6 +719,7 @@ impl Session {
             record.version = outcome.version;
             record.staleness = outcome.staleness;
             self.pushes.push(record);
+            self.metrics.pushes.inc();
         }
         if outcome.resync {
             info!(

@@ -1,0 +1,121 @@
+//! The coordinator's Prometheus metrics: the figures of the latest
+//! validation pass, and the latencies of the RPCs it serves.
+
+use downpour_metrics::RpcTimer;
+use downpour_metrics::prometheus::{Gauge, IntCounter, Registry};
+
+use crate::run_dir::EvalEvent;
+
+/// Methods of the `Coordinator` service.
+const METHODS: &[&str] = &[
+    "Register",
+    "NextWork",
+    "CompleteWork",
+    "Heartbeat",
+    "FetchShard",
+];
+
+/// The metrics the coordinator records.
+#[derive(Debug, Clone)]
+pub struct CoordinatorMetrics {
+    evaluations: IntCounter,
+    epoch: Gauge,
+    updates: Gauge,
+    train_loss: Gauge,
+    validation_error: Gauge,
+    validation_loss: Gauge,
+    best_validation_error: Gauge,
+    examples_per_second: Gauge,
+    mean_staleness: Gauge,
+    pub(crate) rpc: RpcTimer,
+}
+
+impl CoordinatorMetrics {
+    /// Creates the coordinator's metrics, labelled `node="coordinator"`,
+    /// and registers them in `registry`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `registry` already holds a coordinator's metrics.
+    pub fn new(registry: &Registry) -> downpour_metrics::prometheus::Result<Self> {
+        Self::build(Some(registry))
+    }
+
+    /// Metrics that are recorded but not registered anywhere.
+    pub fn unregistered() -> Self {
+        Self::build(None).expect("metric names and labels are valid")
+    }
+
+    fn build(registry: Option<&Registry>) -> downpour_metrics::prometheus::Result<Self> {
+        let node = "coordinator";
+        let gauge = |name: &str, help: &str| -> downpour_metrics::prometheus::Result<Gauge> {
+            let gauge = Gauge::with_opts(downpour_metrics::opts(name, help, node))?;
+            downpour_metrics::register(registry, &gauge)?;
+            Ok(gauge)
+        };
+        let evaluations = IntCounter::with_opts(downpour_metrics::opts(
+            "downpour_coordinator_evaluations_total",
+            "Validation passes so far.",
+            node,
+        ))?;
+        downpour_metrics::register(registry, &evaluations)?;
+        Ok(Self {
+            evaluations,
+            epoch: gauge(
+                "downpour_coordinator_epoch",
+                "Training examples behind the updates at the last validation pass, divided by \
+                 the training examples per epoch.",
+            )?,
+            updates: gauge(
+                "downpour_coordinator_updates",
+                "Parameter-server version at the last validation pass.",
+            )?,
+            train_loss: gauge(
+                "downpour_coordinator_train_loss",
+                "Mean minibatch cross-entropy of the pushes between the last two validation \
+                 passes.",
+            )?,
+            validation_error: gauge(
+                "downpour_coordinator_validation_error_ratio",
+                "0-1 error of the last validation pass, as a fraction.",
+            )?,
+            validation_loss: gauge(
+                "downpour_coordinator_validation_loss",
+                "Mean cross-entropy of the last validation pass.",
+            )?,
+            best_validation_error: gauge(
+                "downpour_coordinator_best_validation_error_ratio",
+                "Lowest 0-1 validation error so far, as a fraction.",
+            )?,
+            examples_per_second: gauge(
+                "downpour_coordinator_examples_per_second",
+                "Training examples per second of the whole cluster between the last two \
+                 validation passes.",
+            )?,
+            mean_staleness: gauge(
+                "downpour_coordinator_mean_staleness_updates",
+                "Mean staleness of the pushes between the last two validation passes, in \
+                 updates.",
+            )?,
+            rpc: RpcTimer::server(registry, node, METHODS)?,
+        })
+    }
+
+    /// Records the figures of one validation pass. Figures that the event
+    /// leaves out, for want of pushes since the last pass, keep their value.
+    pub(crate) fn observe(&self, event: &EvalEvent) {
+        self.evaluations.inc();
+        self.epoch.set(event.epoch);
+        self.updates.set(event.updates as f64);
+        if let Some(loss) = event.train_loss {
+            self.train_loss.set(loss);
+        }
+        self.validation_error.set(event.validation_error);
+        self.validation_loss.set(event.validation_loss);
+        self.best_validation_error.set(event.best_validation_error);
+        self.examples_per_second.set(event.examples_per_second);
+        if let Some(staleness) = event.mean_staleness {
+            self.mean_staleness.set(staleness);
+        }
+    }
+}
