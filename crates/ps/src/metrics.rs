@@ -5,6 +5,7 @@
 
 use downpour_metrics::prometheus::{IntCounterVec, Registry};
 use downpour_metrics::{MetricSpec, RpcTimer, Snapshot, SnapshotCollector};
+use downpour_proto::v1::{GradientEncoding, PushRequest};
 
 use crate::consistency::ClockError;
 use crate::service::ParameterServerService;
@@ -66,6 +67,25 @@ impl Rejection {
             Self::WrongStep => "wrong_step",
             Self::Diverged => "diverged",
             Self::TrainingStopped => "training_stopped",
+        }
+    }
+}
+
+impl Rejection {
+    /// Classifies a pushed gradient that failed to decode: whole values of
+    /// the wrong count, or bytes that are not whole values of a known
+    /// encoding.
+    pub(crate) fn of_undecodable(request: &PushRequest, expected: usize) -> Self {
+        let width = match GradientEncoding::try_from(request.encoding) {
+            Ok(GradientEncoding::F32) => 4,
+            Ok(GradientEncoding::Bf16) => 2,
+            Err(_) => return Self::Malformed,
+        };
+        let bytes = request.gradient.len();
+        if bytes.is_multiple_of(width) && bytes / width != expected {
+            Self::WrongLength
+        } else {
+            Self::Malformed
         }
     }
 }

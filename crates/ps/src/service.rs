@@ -739,7 +739,8 @@ impl ParameterServer for ParameterServerService {
                 && let Err(status) = decode_gradient(&request, &mut state.gradient)
             {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
-                self.metrics.reject(Rejection::Malformed);
+                self.metrics
+                    .reject(Rejection::of_undecodable(&request, state.gradient.len()));
                 return Err(status);
             }
             if let Some(status) = self.missing_pushes(store, &request) {
