@@ -96,7 +96,11 @@ async fn cluster_metrics_match_summary() {
                 token: token.clone(),
             };
             let metrics = WorkerMetrics::new(&registry, name).unwrap();
-            tokio::spawn(downpour_worker::run_with_metrics(config, metrics, pending()))
+            tokio::spawn(downpour_worker::run_with_metrics(
+                config,
+                metrics,
+                pending(),
+            ))
         })
         .collect();
     let coordinator_metrics = CoordinatorMetrics::new(&registry).unwrap();
@@ -145,7 +149,11 @@ async fn cluster_metrics_match_summary() {
 
     let coordinator = [("node", "coordinator")];
     assert_eq!(
-        sample(&families, "downpour_coordinator_evaluations_total", &coordinator),
+        sample(
+            &families,
+            "downpour_coordinator_evaluations_total",
+            &coordinator
+        ),
         f64::from(summary.evaluations)
     );
     let events = std::fs::read_to_string(run_dir.join("events.jsonl")).unwrap();
@@ -192,13 +200,19 @@ async fn cluster_metrics_match_summary() {
             "{name}"
         );
         let norm = sample(&families, "downpour_worker_gradient_norm", &worker);
-        assert!(norm.is_finite() && norm > 0.0, "{name}: gradient norm {norm}");
+        assert!(
+            norm.is_finite() && norm > 0.0,
+            "{name}: gradient norm {norm}"
+        );
         let pushes = sample(
             &families,
             "downpour_rpc_client_duration_seconds",
             &[("node", name), ("method", "Push")],
         );
-        assert!(pushes >= report.pushes as f64, "{name}: {pushes} timed pushes");
+        assert!(
+            pushes >= report.pushes as f64,
+            "{name}: {pushes} timed pushes"
+        );
     }
 
     let event_files: Vec<_> = std::fs::read_dir(&run_dir)
@@ -284,7 +298,10 @@ async fn rejected_pushes_counted_by_reason() {
     assert_eq!(rejected("malformed"), 1.0);
     assert_eq!(rejected("diverged"), 0.0);
     let ps = [("node", "ps-0")];
-    assert_eq!(sample(&families, "downpour_ps_pushes_applied_total", &ps), 1.0);
+    assert_eq!(
+        sample(&families, "downpour_ps_pushes_applied_total", &ps),
+        1.0
+    );
     assert_eq!(
         sample(
             &families,

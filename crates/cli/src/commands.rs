@@ -19,6 +19,7 @@ use crate::args::{
     TrainingArgs, WorkerArgs,
 };
 use crate::metrics::MetricsEndpoint;
+use crate::progress::ProgressDisplay;
 
 /// Runs the chosen subcommand.
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -158,6 +159,8 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         ));
     }
 
+    let coordinator_metrics = metrics.coordinator()?;
+    let progress = ProgressDisplay::start(coordinator_metrics.clone(), training.max_epochs);
     // A worker that fails ends the run, since no other worker takes over
     // its shard.
     let coordinator = downpour_coordinator::run_with_metrics(
@@ -165,7 +168,7 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         coordinator_listener,
         token,
         shutdown_signal(),
-        metrics.coordinator()?,
+        coordinator_metrics,
     );
     tokio::pin!(coordinator);
     let summary = loop {
@@ -189,6 +192,9 @@ async fn train(args: TrainArgs) -> anyhow::Result<()> {
         if let Ok(Err(ps_error)) = joined {
             error!(error = %ps_error, "parameter server failed");
         }
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     metrics.stop().await;
     print_summary(&summary, &run_dir);

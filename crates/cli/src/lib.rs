@@ -8,6 +8,7 @@ mod input_args;
 mod predict;
 mod layers;
 mod metrics;
+mod progress;
 
 use std::io::IsTerminal;
 
@@ -51,7 +52,8 @@ pub fn main() -> i32 {
     }
 }
 
-/// Logs to standard error at `info`, or at the levels `RUST_LOG` sets.
+/// Logs to standard error at `info`, or at the levels `RUST_LOG` sets,
+/// around the progress bar of `train` when one is shown.
 fn install_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -59,6 +61,6 @@ fn install_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
         .init();
 }

@@ -33,7 +33,7 @@ pub use diagnostics::{
 };
 pub use early_stopping::{EarlyStopping, Verdict};
 pub use error::CoordinatorError;
-pub use metrics::CoordinatorMetrics;
+pub use metrics::{CoordinatorMetrics, LatestPass};
 pub use prepare::{EvalSet, PreparedRun, prepare};
 pub use ps_layout::split_params;
 pub use run::{run, run_with_metrics};

@@ -15,6 +15,19 @@ const METHODS: &[&str] = &[
     "FetchShard",
 ];
 
+/// The figures of the latest validation pass, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatestPass {
+    /// Validation passes so far.
+    pub evaluations: u64,
+    pub epoch: f64,
+    pub updates: u64,
+    pub validation_error: f64,
+    pub best_validation_error: f64,
+    /// Training examples per second between the last two passes.
+    pub examples_per_second: f64,
+}
+
 /// The metrics the coordinator records.
 #[derive(Debug, Clone)]
 pub struct CoordinatorMetrics {
@@ -98,6 +111,20 @@ impl CoordinatorMetrics {
                  updates.",
             )?,
             rpc: RpcTimer::server(registry, node, METHODS)?,
+        })
+    }
+
+    /// Returns the figures of the latest validation pass, or `None` before
+    /// the first one.
+    pub fn latest(&self) -> Option<LatestPass> {
+        let evaluations = self.evaluations.get();
+        (evaluations > 0).then(|| LatestPass {
+            evaluations,
+            epoch: self.epoch.get(),
+            updates: self.updates.get() as u64,
+            validation_error: self.validation_error.get(),
+            best_validation_error: self.best_validation_error.get(),
+            examples_per_second: self.examples_per_second.get(),
         })
     }
 
