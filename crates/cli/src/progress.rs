@@ -78,12 +78,14 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-/// A progress bar fed from the coordinator's metrics. Dropping it, or
-/// [`ProgressDisplay::finish`], removes the bar.
+/// A progress bar fed from the coordinator's metrics. Dropping it removes
+/// the bar; [`ProgressDisplay::finish`] leaves its last state on screen.
 #[derive(Debug)]
 pub(crate) struct ProgressDisplay {
     bar: ProgressBar,
     task: JoinHandle<()>,
+    metrics: CoordinatorMetrics,
+    max_epochs: u32,
 }
 
 impl ProgressDisplay {
@@ -108,27 +110,37 @@ impl ProgressDisplay {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bar.clone());
 
         let shown = bar.clone();
+        let watched = metrics.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut last = None;
             loop {
                 tick.tick().await;
-                let latest = metrics.latest();
-                if latest.is_some() && latest != last {
-                    if let Some(pass) = latest {
-                        shown.set_position((pass.epoch * STEPS_PER_EPOCH) as u64);
-                        shown.set_message(progress_message(&pass, max_epochs));
+                let latest = watched.latest();
+                if latest != last {
+                    if let Some(pass) = &latest {
+                        show(&shown, pass, max_epochs);
                     }
                     last = latest;
                 }
             }
         });
-        Some(Self { bar, task })
+        Some(Self {
+            bar,
+            task,
+            metrics,
+            max_epochs,
+        })
     }
 
-    /// Removes the bar from the screen.
+    /// Shows the last validation pass and leaves the bar on screen, so that
+    /// it stays above the summary even for a run shorter than one refresh.
     pub(crate) fn finish(self) {
-        drop(self);
+        self.task.abort();
+        if let Some(pass) = self.metrics.latest() {
+            show(&self.bar, &pass, self.max_epochs);
+        }
+        self.bar.finish();
     }
 }
 
@@ -138,8 +150,15 @@ impl Drop for ProgressDisplay {
         *ACTIVE_BAR
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-        self.bar.finish_and_clear();
+        if !self.bar.is_finished() {
+            self.bar.finish_and_clear();
+        }
     }
+}
+
+fn show(bar: &ProgressBar, pass: &LatestPass, max_epochs: u32) {
+    bar.set_position((pass.epoch * STEPS_PER_EPOCH) as u64);
+    bar.set_message(progress_message(pass, max_epochs));
 }
 
 /// Formats the bar's message for one validation pass.
