@@ -1,7 +1,7 @@
 """Checks a run directory's TensorBoard event file against events.jsonl.
 
 Reads the event file with TensorBoard's own EventAccumulator and checks
-that it holds exactly the numbers of events.jsonl: one scalar series per
+that it contains exactly the numbers of events.jsonl: one scalar series per
 numeric field (nested fields as `outer/inner`, list items as `list/0`,
 booleans as 0 and 1), at step `updates`, with each value equal to the
 JSON value rounded to float32, which is how TensorBoard stores scalars.

@@ -200,10 +200,8 @@ async fn cluster_metrics_match_summary() {
             "{name}"
         );
         let norm = sample(&families, "downpour_worker_gradient_norm", &worker);
-        assert!(
-            norm.is_finite() && norm > 0.0,
-            "{name}: gradient norm {norm}"
-        );
+        assert!(norm.is_finite(), "{name}: gradient norm {norm}");
+        assert!(norm > 0.0, "{name}: gradient norm {norm}");
         let pushes = sample(
             &families,
             "downpour_rpc_client_duration_seconds",

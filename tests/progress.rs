@@ -52,7 +52,10 @@ fn terminal_gets_a_progress_bar() {
         .expect("run script");
     let screen = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "train failed:\n{screen}");
-    assert!(screen.contains("/1 | updates"), "no progress bar in:\n{screen}");
+    assert!(
+        screen.contains("/1 | updates"),
+        "no progress bar in:\n{screen}"
+    );
     assert!(screen.contains("examples/s"), "{screen}");
     // The per-pass log lines, which carry the training loss, give way to
     // the bar.
@@ -70,6 +73,9 @@ fn pipe_gets_plain_log_lines() {
         .expect("run downpour");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "train failed:\n{stderr}");
-    assert!(stderr.contains("train loss"), "no progress lines in:\n{stderr}");
+    assert!(
+        stderr.contains("train loss"),
+        "no progress lines in:\n{stderr}"
+    );
     assert!(!stderr.contains("/1 | updates"), "a bar in:\n{stderr}");
 }

@@ -49,7 +49,7 @@ impl CoordinatorMetrics {
     ///
     /// # Errors
     ///
-    /// Fails when `registry` already holds a coordinator's metrics.
+    /// Fails when `registry` already contains a coordinator's metrics.
     pub fn new(registry: &Registry) -> downpour_metrics::prometheus::Result<Self> {
         Self::build(Some(registry))
     }

@@ -37,7 +37,7 @@ pub fn histogram_opts(name: &str, help: &str, node: &str, buckets: Vec<f64>) -> 
 ///
 /// # Errors
 ///
-/// Fails when the registry already holds a metric of that name and `node`
+/// Fails when the registry already contains a metric of that name and `node`
 /// label, or one of that name with other labels or help.
 pub fn register<C>(registry: Option<&prometheus::Registry>, collector: &C) -> prometheus::Result<()>
 where

@@ -209,8 +209,8 @@ mod tests {
 
     #[test]
     fn masked_crc_matches_tfrecord() {
-        // CRC-32C of "123456789" is 0xE3069283 (RFC 3720, B.4); masking
-        // rotates it right by 15 bits and adds 0xA282EAD8.
+        // 0xE3069283 is the standard check value of CRC-32C, the CRC of
+        // "123456789". Masking rotates it right by 15 bits and adds 0xA282EAD8.
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         let rotated = (0xe306_9283u32 >> 15) | (0xe306_9283u32 << 17);
         assert_eq!(masked_crc(b"123456789"), rotated.wrapping_add(0xa282_ead8));
@@ -236,7 +236,7 @@ mod tests {
             Some(EventContent::FileVersion(FILE_VERSION.to_owned()))
         );
         let Some(EventContent::Summary(first)) = &events[1].content else {
-            panic!("the second event holds no summary: {:?}", events[1]);
+            panic!("the second event contains no summary: {:?}", events[1]);
         };
         assert_eq!(events[1].step, 200);
         assert_eq!(first.value[0].tag, "loss");

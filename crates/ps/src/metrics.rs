@@ -35,7 +35,7 @@ pub(crate) enum Rejection {
     /// Sync mode: the push belongs to another step, or the worker already
     /// pushed for this one.
     WrongStep,
-    /// θ holds non-finite values.
+    /// θ contains non-finite values.
     Diverged,
     /// Training stopped before the push could be applied.
     TrainingStopped,
@@ -181,7 +181,7 @@ const VERSION: MetricSpec = MetricSpec {
 };
 const PARAMETERS: MetricSpec = MetricSpec {
     name: "downpour_ps_parameters",
-    help: "Values of θ this server holds; 0 before Init.",
+    help: "Number of values of θ on this server; 0 before Init.",
 };
 const STOPPED: MetricSpec = MetricSpec {
     name: "downpour_ps_training_stopped",

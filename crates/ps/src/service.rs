@@ -187,7 +187,7 @@ impl ParameterServerService {
     ///
     /// # Errors
     ///
-    /// Fails when `registry` already holds metrics of a node named `node`.
+    /// Fails when `registry` already contains metrics of a node named `node`.
     pub fn with_metrics(
         mut self,
         registry: &downpour_metrics::prometheus::Registry,

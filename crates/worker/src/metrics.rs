@@ -30,7 +30,7 @@ impl WorkerMetrics {
     ///
     /// # Errors
     ///
-    /// Fails when `registry` already holds metrics of a node named `node`.
+    /// Fails when `registry` already contains metrics of a node named `node`.
     pub fn new(registry: &Registry, node: &str) -> downpour_metrics::prometheus::Result<Self> {
         Self::build(Some(registry), node)
     }
