@@ -143,10 +143,6 @@ pub enum RestoreError {
     },
 }
 
-/// Per worker: its id, the highest sequence number accepted and the
-/// version its answer waited for.
-type SequenceRecords = Vec<(u32, u64, u64)>;
-
 /// The `ParameterServer` gRPC service.
 #[derive(Debug, Clone)]
 pub struct ParameterServerService {

@@ -283,7 +283,7 @@ async fn work(config: WorkerConfig, metrics: WorkerMetrics) -> Result<WorkerRepo
                     pushes: std::mem::take(&mut session.pushes),
                 };
                 let completed = retry_unreachable("coordinator", "CompleteWork", || {
-                    let (mut coordinator, request) = (coordinator.clone(), request);
+                    let (mut coordinator, request) = (coordinator.clone(), request.clone());
                     async move {
                         coordinator
                             .complete_work(request)
