@@ -5,9 +5,9 @@ mod args;
 mod commands;
 mod eval_data;
 mod input_args;
-mod predict;
 mod layers;
 mod metrics;
+mod predict;
 mod progress;
 
 use std::io::IsTerminal;

@@ -65,19 +65,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, WorkerError> {
-    let registration = Arc::new(Registration {
-        coordinator: std::sync::OnceLock::new(),
-        worker_id: Arc::new(AtomicU32::new(0)),
-    });
-    tokio::select! {
-        report = work(config, registration.clone()) => report,
-        () = shutdown => {
-            // The minibatch in flight is abandoned; the coordinator hands
-            // the unfinished work to the other workers.
-            deregister(&registration).await;
-            Err(WorkerError::Interrupted)
-        }
-    }
+    run_with_metrics(config, WorkerMetrics::unregistered(), shutdown).await
 }
 
 /// The coordinator client and worker id once the worker has registered,
@@ -114,13 +102,6 @@ async fn deregister(registration: &Registration) {
     }
 }
 
-async fn work(
-    config: WorkerConfig,
-    registered: Arc<Registration>,
-) -> Result<WorkerReport, WorkerError> {
-    run_with_metrics(config, WorkerMetrics::unregistered(), shutdown).await
-}
-
 /// Runs a worker as [`run`] does, recording its work in `metrics`.
 ///
 /// # Errors
@@ -131,13 +112,26 @@ pub async fn run_with_metrics(
     metrics: WorkerMetrics,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<WorkerReport, WorkerError> {
+    let registration = Arc::new(Registration {
+        coordinator: std::sync::OnceLock::new(),
+        worker_id: Arc::new(AtomicU32::new(0)),
+    });
     tokio::select! {
-        report = work(config, metrics) => report,
-        () = shutdown => Err(WorkerError::Interrupted),
+        report = work(config, metrics, registration.clone()) => report,
+        () = shutdown => {
+            // The minibatch in flight is abandoned; the coordinator hands
+            // the unfinished work to the other workers.
+            deregister(&registration).await;
+            Err(WorkerError::Interrupted)
+        }
     }
 }
 
-async fn work(config: WorkerConfig, metrics: WorkerMetrics) -> Result<WorkerReport, WorkerError> {
+async fn work(
+    config: WorkerConfig,
+    metrics: WorkerMetrics,
+    registered: Arc<Registration>,
+) -> Result<WorkerReport, WorkerError> {
     let channel = connect_with_retry(
         "coordinator",
         &config.coordinator,
