@@ -42,12 +42,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The subset of MNIST every scenario trains on, written once per test.
+/// Writes the MNIST subset every scenario trains on and returns its folder.
 fn subset(dir: &Path) -> PathBuf {
     support::mnist_subset(&dir.join("mnist"), 16_000, 10_000)
 }
 
-/// The coordinator's settings, shared by faulty and fault-free runs. The
+/// Returns the coordinator's settings, shared by faulty and fault-free runs. The
 /// run always lasts `EPOCHS` epochs, so both see the same number of
 /// examples. Momentum 0.5, because three async workers at 0.9 sometimes
 /// stall on this small subset.
@@ -256,8 +256,8 @@ fn leases_lost(summary: &Value) -> u64 {
         .sum()
 }
 
-/// A worker killed with SIGKILL at a point drawn from the seed loses its
-/// lease; its unfinished minibatches go to the other workers.
+/// Kills a worker with SIGKILL at a point drawn from the seed. It loses its
+/// lease, and its unfinished minibatches go to the other workers.
 fn killed_worker(seed: u64) {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -379,7 +379,7 @@ fn killed_coordinator_resumes() {
         .wait_for_line("epoch complete", deadline);
     thread::sleep(delay_for(seed, 100, 600));
     kill(&mut cluster.coordinator);
-    // The workers keep retrying while no coordinator answers.
+    // The workers keep retrying while no coordinator is listening.
     thread::sleep(Duration::from_millis(500));
 
     let mut resume_args = cluster.coordinator_args.clone();

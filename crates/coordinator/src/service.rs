@@ -110,7 +110,7 @@ pub struct EpochUsage {
     pub reassigned_examples: u64,
 }
 
-/// Where the coordinator saves its state, and the run it belongs to.
+/// The coordinator's state file and the identity of its run.
 #[derive(Debug)]
 pub(crate) struct Persistence {
     pub(crate) path: std::path::PathBuf,
@@ -389,9 +389,9 @@ fn usage(epochs: &mut Vec<EpochUsage>, epoch: u32) -> &mut EpochUsage {
 }
 
 /// Hands out again the ranges of `worker_id`'s shards that are out but not
-/// complete. A worker trains one range at a time and asks for work only
-/// when it has none, so such a range is one whose reply it never got, as
-/// when the coordinator died before replying.
+/// complete. A worker trains one range at a time and requests work only
+/// when it has none, so such a range is one whose reply it never received,
+/// as when the coordinator died before replying.
 fn release_unfinished(inner: &mut Inner, worker_id: u32) {
     for shard in inner.workers[worker_id as usize].shards.clone() {
         let released = inner.schedule.release(shard);

@@ -108,7 +108,7 @@ pub struct Checkpointing {
     pub path: PathBuf,
     /// Updates between two checkpoints.
     pub every_updates: u64,
-    /// Longest time between two checkpoints while updates arrive; `None`
+    /// Maximum time between two checkpoints while updates arrive. `None`
     /// counts updates only.
     pub every: Option<std::time::Duration>,
 }

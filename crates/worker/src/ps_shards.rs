@@ -237,7 +237,7 @@ impl ParameterServers {
         self.retained_bytes = 0;
     }
 
-    /// Keeps `gradient` until every server's checkpoint holds it.
+    /// Keeps `gradient` until every server's checkpoint contains it.
     fn retain(&mut self, gradient: &Gradient<'_>) {
         self.retained_bytes += gradient.bytes.len();
         self.retained.push_back(Retained {
