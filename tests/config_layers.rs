@@ -31,7 +31,18 @@ fn layer_values(key: &str) -> Option<[&'static str; 3]> {
         "validation_size" => ["100", "200", "300"],
         "batches_per_work" => ["1", "2", "3"],
         "consistency" => ["\"bounded:1\"", "bounded:2", "bounded:3"],
-        "staleness_scaling" | "push_bf16" | "restore" => ["true", "false", ""],
+        "staleness_scaling" | "push_bf16" | "restore" | "resume" | "tensorboard" | "no_header"
+        | "zero_based" => ["true", "false", ""],
+        "clip_norm" | "clip_value" => ["1.5", "2.5", "3.5"],
+        "checkpoint_seconds" => ["5.5", "6.5", "7.5"],
+        "metrics_addr" => ["\"127.0.0.1:7\"", "127.0.0.1:8", "127.0.0.1:9"],
+        "format" => ["\"csv\"", "libsvm", "npy"],
+        "label_column" => ["\"price\"", "label", "target"],
+        "delimiter" => ["\";\"", "tab", "|"],
+        "fill_value" => ["1.5", "2.5", "-3.5"],
+        "test_data" => ["\"file/test\"", "env/test", "flag/test"],
+        "validation_data" => ["\"file/val\"", "env/val", "flag/val"],
+        "test_fraction" | "validation_fraction" => ["0.1", "0.2", "0.3"],
         "dc_lambda" => ["0.1", "0.2", "0.3"],
         "push_every" | "fetch_every" => ["2", "3", "4"],
         "lease_timeout" => ["5.5", "6.5", "7.5"],
@@ -172,26 +183,9 @@ fn every_setting_layers_flag_over_env_over_file() {
         for (key, setting) in &defaults {
             let values = match layer_values(key) {
                 Some([file, env, flag]) => [file.to_owned(), env.to_owned(), flag.to_owned()],
-                None => match &setting.value {
-                    // A setting this test does not know yet keeps its
-                    // default in every layer, so only its source shows.
-                    Some(value) => {
-                        let text = match value {
-                            toml::Value::String(text) => text.clone(),
-                            toml::Value::Array(items) => items
-                                .iter()
-                                .map(|item| item.as_str().unwrap_or_default().to_owned())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            other => other.to_string(),
-                        };
-                        [value.to_string(), text.clone(), text]
-                    }
-                    None => {
-                        eprintln!("{role} {key}: no default and no test values; skipped");
-                        continue;
-                    }
-                },
+                None => panic!(
+                    "{role} {key}: no test values; give it three valid values in layer_values"
+                ),
             };
             // The type of a setting without a default shows in its file value.
             let kind = setting.value.clone().unwrap_or_else(|| {
