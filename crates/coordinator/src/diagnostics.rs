@@ -8,7 +8,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use downpour_model::{CurvatureProbe, Mlp, Workspace, probe_curvature};
+use downpour_model::{CurvatureProbe, MinibatchObjective, Mlp, Workspace, probe_curvature};
 use downpour_proto::v1::PushRecord;
 use ndarray::{Array2, s};
 use serde::Serialize;
@@ -189,16 +189,19 @@ pub(crate) struct CurvatureSet {
     features: Array2<f32>,
     labels: Vec<u32>,
     learning_rate: f64,
+    weight_decay: f64,
 }
 
 impl CurvatureSet {
     /// Takes the first [`PROBE_EXAMPLES`] validation examples, and the step
-    /// size of [`effective_learning_rate`].
+    /// size of [`effective_learning_rate`]. The probed cost includes the
+    /// L2 penalty of `weight_decay`, as the parameter server's update does.
     pub(crate) fn new(
         model: &Mlp,
         validation: &EvalSet,
         learning_rate: f32,
         momentum: f32,
+        weight_decay: f32,
     ) -> Self {
         let rows = validation.len().min(PROBE_EXAMPLES);
         Self {
@@ -207,6 +210,7 @@ impl CurvatureSet {
             features: validation.features.slice(s![..rows, ..]).to_owned(),
             labels: validation.labels[..rows].to_vec(),
             learning_rate: effective_learning_rate(learning_rate, momentum),
+            weight_decay: f64::from(weight_decay),
         }
     }
 
@@ -226,14 +230,23 @@ impl CurvatureSet {
                 features,
                 labels,
                 learning_rate,
+                weight_decay,
             } = &mut *guard;
             if labels.is_empty() {
                 return None;
             }
-            Some(probe_curvature(&params, *learning_rate, |theta, out| {
-                let loss = model.loss_and_gradient(theta, features.view(), labels, out, workspace);
-                f64::from(loss)
-            }))
+            let mut objective = MinibatchObjective {
+                model,
+                features: features.view(),
+                labels,
+                workspace,
+            };
+            Some(probe_curvature(
+                &params,
+                *learning_rate,
+                *weight_decay,
+                &mut objective,
+            ))
         });
         probe.await.map_err(|error| match error.try_into_panic() {
             // A panic in the probe is a bug; raise it again here.

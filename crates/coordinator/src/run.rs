@@ -350,6 +350,7 @@ async fn drive(
         &validation,
         config.learning_rate,
         config.momentum,
+        config.weight_decay,
     )));
     let mut push_recorder = PushRecorder::create(run_dir.path())?;
     let evaluator = Arc::new(Mutex::new(Evaluator {

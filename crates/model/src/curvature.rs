@@ -8,24 +8,24 @@
 //! for the curvature along g (Goodfellow, Bengio and Courville, Deep
 //! Learning, 2016, section 8.2.1).
 
+use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
-/// Length of the central finite-difference step along the unit gradient
-/// direction, relative to max(1, ‖θ‖).
-///
-/// g'Hg is estimated as ‖g‖²·u'(∇J(θ + h·u) − ∇J(θ − h·u)) / (2h) with
-/// u = g/‖g‖ and h = `RELATIVE_STEP`·max(1, ‖θ‖). The error of the central
-/// difference is O(h²) for a smooth cost and zero for a quadratic. For a
-/// ReLU network the step also averages the curvature over the activation
-/// kinks it crosses. With f32 parameters, a step of 1e-3·‖θ‖ moves each of
-/// the 0.27 M values of the default MLP by about 2e-6·‖θ‖, well above f32
-/// rounding of θ.
-pub const RELATIVE_STEP: f64 = 1e-3;
+use crate::{Mlp, Workspace};
+
+/// A cost whose gradient and Hessian-vector products the probe can compute.
+pub trait Objective {
+    /// Writes ∇J(θ) into `gradient` and returns J(θ).
+    fn loss_and_gradient(&mut self, params: &[f32], gradient: &mut [f32]) -> f64;
+
+    /// Writes the Hessian-vector product H(θ)·`direction` into `product`.
+    fn hessian_vector_product(&mut self, params: &[f32], direction: &[f32], product: &mut [f32]);
+}
 
 /// The outcome of the check at one θ.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CurvatureProbe {
-    /// Cost J(θ) on the probe's examples.
+    /// Cost on the probe's examples: J(θ) + ½λ‖θ‖² for weight decay λ.
     pub loss: f64,
     /// g'g, the squared gradient norm.
     pub gradient_norm_squared: f64,
@@ -38,19 +38,11 @@ pub struct CurvatureProbe {
     pub predicted_change: f64,
     /// Whether ½ε²·g'Hg > ε·g'g, so that the step is predicted to raise J.
     pub ill_conditioned: bool,
-    /// Length h of the finite-difference step in θ.
-    pub step: f64,
 }
 
 impl CurvatureProbe {
     /// Builds the probe from g'g and g'Hg measured at θ.
-    pub fn new(
-        loss: f64,
-        gradient_norm_squared: f64,
-        curvature: f64,
-        learning_rate: f64,
-        step: f64,
-    ) -> Self {
+    pub fn new(loss: f64, gradient_norm_squared: f64, curvature: f64, learning_rate: f64) -> Self {
         let first_order = learning_rate * gradient_norm_squared;
         let second_order = 0.5 * learning_rate * learning_rate * curvature;
         Self {
@@ -60,7 +52,6 @@ impl CurvatureProbe {
             learning_rate,
             predicted_change: second_order - first_order,
             ill_conditioned: second_order > first_order,
-            step,
         }
     }
 }
@@ -76,50 +67,72 @@ pub fn l2_norm(values: &[f32]) -> f64 {
 
 /// Measures g'g and g'Hg at `params` for the step size `learning_rate`.
 ///
-/// `gradient(θ, out)` writes ∇J(θ) into `out` and returns J(θ). It is
-/// called three times: at θ and at θ ± h·g/‖g‖, with h as
-/// [`RELATIVE_STEP`] describes. A zero gradient gives g'Hg = 0.
+/// The cost is `objective` plus the L2 penalty ½λ‖θ‖² of `weight_decay` λ,
+/// the cost whose gradient g + λθ the parameter server applies, so the
+/// probe uses g + λθ as the gradient and H + λI as the Hessian. g'Hg comes
+/// from one exact Hessian-vector product along g.
 pub fn probe_curvature(
     params: &[f32],
     learning_rate: f64,
-    mut gradient: impl FnMut(&[f32], &mut [f32]) -> f64,
+    weight_decay: f64,
+    objective: &mut impl Objective,
 ) -> CurvatureProbe {
     let mut g = vec![0.0f32; params.len()];
-    let loss = gradient(params, &mut g);
-    let norm = l2_norm(&g);
-    let step = RELATIVE_STEP * l2_norm(params).max(1.0);
-    if norm == 0.0 || !norm.is_finite() {
-        return CurvatureProbe::new(loss, norm * norm, 0.0, learning_rate, step);
+    let mut loss = objective.loss_and_gradient(params, &mut g);
+    if weight_decay != 0.0 {
+        loss += 0.5 * weight_decay * l2_norm(params).powi(2);
+        for (gi, &theta) in g.iter_mut().zip(params) {
+            *gi = (f64::from(*gi) + weight_decay * f64::from(theta)) as f32;
+        }
+    }
+    let gradient_norm_squared = l2_norm(&g).powi(2);
+    if gradient_norm_squared == 0.0 || !gradient_norm_squared.is_finite() {
+        return CurvatureProbe::new(loss, gradient_norm_squared, 0.0, learning_rate);
     }
 
-    let shifted = |sign: f64| -> Vec<f32> {
-        params
-            .iter()
-            .zip(&g)
-            .map(|(&theta, &gi)| (f64::from(theta) + sign * step * f64::from(gi) / norm) as f32)
-            .collect()
-    };
-    let (plus, minus) = (shifted(1.0), shifted(-1.0));
-    let mut g_plus = vec![0.0f32; params.len()];
-    let mut g_minus = vec![0.0f32; params.len()];
-    gradient(&plus, &mut g_plus);
-    gradient(&minus, &mut g_minus);
-    // Rounding θ ± h·u to f32 makes the displacement d = θ₊ − θ₋ differ
-    // slightly from 2h·u, so the curvature is taken along the d actually
-    // used: g'Hg ≈ ‖g‖²·d'(∇J(θ₊) − ∇J(θ₋)) / d'd, exact for a quadratic.
-    let mut d_dot_difference = 0.0f64;
-    let mut d_dot_d = 0.0f64;
-    for i in 0..params.len() {
-        let d = f64::from(plus[i]) - f64::from(minus[i]);
-        d_dot_difference += d * (f64::from(g_plus[i]) - f64::from(g_minus[i]));
-        d_dot_d += d * d;
+    let mut product = vec![0.0f32; params.len()];
+    objective.hessian_vector_product(params, &g, &mut product);
+    let curvature = g
+        .iter()
+        .zip(&product)
+        .map(|(&gi, &hg)| f64::from(gi) * f64::from(hg))
+        .sum::<f64>()
+        + weight_decay * gradient_norm_squared;
+    CurvatureProbe::new(loss, gradient_norm_squared, curvature, learning_rate)
+}
+
+/// The mean cross-entropy of an [`Mlp`] on a fixed minibatch.
+#[derive(Debug)]
+pub struct MinibatchObjective<'a> {
+    pub model: &'a Mlp,
+    pub features: ArrayView2<'a, f32>,
+    pub labels: &'a [u32],
+    pub workspace: &'a mut Workspace,
+}
+
+impl Objective for MinibatchObjective<'_> {
+    fn loss_and_gradient(&mut self, params: &[f32], gradient: &mut [f32]) -> f64 {
+        let loss = self.model.loss_and_gradient(
+            params,
+            self.features,
+            self.labels,
+            gradient,
+            self.workspace,
+        );
+        f64::from(loss)
     }
-    let curvature = if d_dot_d > 0.0 {
-        norm * norm * d_dot_difference / d_dot_d
-    } else {
-        0.0
-    };
-    CurvatureProbe::new(loss, norm * norm, curvature, learning_rate, step)
+
+    fn hessian_vector_product(&mut self, params: &[f32], direction: &[f32], product: &mut [f32]) {
+        let mut gradient = vec![0.0f32; params.len()];
+        self.model.hessian_vector_product(
+            params,
+            direction,
+            self.features,
+            self.labels,
+            &mut gradient,
+            product,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -128,22 +141,42 @@ mod tests {
 
     #[test]
     fn flag_follows_predicted_change() {
-        let rising = CurvatureProbe::new(1.0, 1.0, 50.0, 0.1, 1e-3);
+        let rising = CurvatureProbe::new(1.0, 1.0, 50.0, 0.1);
         assert!((rising.predicted_change - (0.25 - 0.1)).abs() < 1e-12);
         assert!(rising.ill_conditioned);
-        let falling = CurvatureProbe::new(1.0, 1.0, 10.0, 0.1, 1e-3);
+        let falling = CurvatureProbe::new(1.0, 1.0, 10.0, 0.1);
         assert!((falling.predicted_change - (0.05 - 0.1)).abs() < 1e-12);
         assert!(!falling.ill_conditioned);
     }
 
+    /// J = 3 everywhere, with a zero gradient and Hessian.
+    struct Flat;
+
+    impl Objective for Flat {
+        fn loss_and_gradient(&mut self, _: &[f32], gradient: &mut [f32]) -> f64 {
+            gradient.fill(0.0);
+            3.0
+        }
+
+        fn hessian_vector_product(&mut self, _: &[f32], _: &[f32], product: &mut [f32]) {
+            product.fill(0.0);
+        }
+    }
+
     #[test]
     fn zero_gradient_has_zero_curvature() {
-        let probe = probe_curvature(&[1.0, 2.0], 0.1, |_, out| {
-            out.fill(0.0);
-            3.0
-        });
+        let probe = probe_curvature(&[1.0, 2.0], 0.1, 0.0, &mut Flat);
         assert_eq!(probe.curvature, 0.0);
         assert_eq!(probe.gradient_norm_squared, 0.0);
         assert!(!probe.ill_conditioned);
+    }
+
+    #[test]
+    fn weight_decay_adds_penalty() {
+        // With λ = 0.5 at θ = (1, 2): g = λθ = (0.5, 1), H = λI.
+        let probe = probe_curvature(&[1.0, 2.0], 0.1, 0.5, &mut Flat);
+        assert!((probe.loss - (3.0 + 0.25 * 5.0)).abs() < 1e-12);
+        assert!((probe.gradient_norm_squared - 1.25).abs() < 1e-12);
+        assert!((probe.curvature - 0.5 * 1.25).abs() < 1e-12);
     }
 }

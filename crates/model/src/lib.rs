@@ -11,6 +11,7 @@ pub mod curvature;
 mod description;
 mod error;
 mod evaluation;
+mod hessian;
 mod layer;
 mod matmul;
 mod mlp;
@@ -18,7 +19,7 @@ mod softmax;
 mod spec;
 mod workspace;
 
-pub use curvature::{CurvatureProbe, probe_curvature};
+pub use curvature::{CurvatureProbe, MinibatchObjective, Objective, probe_curvature};
 pub use description::{ModelDescription, TensorInfo};
 pub use error::ModelError;
 pub use evaluation::Evaluation;
