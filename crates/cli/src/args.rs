@@ -105,7 +105,8 @@ pub struct TrainingArgs {
     /// SGD learning rate.
     #[arg(long, default_value_t = defaults::LEARNING_RATE, allow_negative_numbers = true)]
     pub lr: f32,
-    /// SGD momentum coefficient, in [0, 1).
+    /// SGD momentum coefficient, in [0, 1). The ill-conditioning check of
+    /// each validation pass takes the step size as --lr / (1 − --momentum).
     #[arg(long, default_value_t = defaults::MOMENTUM, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay coefficient.

@@ -25,9 +25,9 @@ impl Mlp {
     /// `gradient` and the Hessian-vector product H·`direction` into
     /// `product`, and returns J.
     ///
-    /// The cost is about three times that of
-    /// [`loss_and_gradient`](Mlp::loss_and_gradient), and the buffers are
-    /// allocated on each call.
+    /// It runs about three times the matrix products of
+    /// [`loss_and_gradient`](Mlp::loss_and_gradient), and allocates its
+    /// buffers on each call.
     ///
     /// # Panics
     ///
@@ -118,13 +118,13 @@ impl Mlp {
         // the softmax Jacobian applied to R{z}.
         let scale = 1.0 / rows as f32;
         let mut loss_sum = 0.0f64;
-        for row in 0..rows {
-            let label = labels[row] as usize;
+        for (row, &label) in logits.rows().into_iter().zip(labels) {
+            let label = label as usize;
             assert!(
                 label < self.classes(),
                 "every label must be below the number of classes"
             );
-            loss_sum += softmax::cross_entropy(logits.row(row), label);
+            loss_sum += softmax::cross_entropy(row, label);
         }
         let mut delta = logits;
         softmax::softmax_rows(delta.view_mut());

@@ -28,9 +28,13 @@ impl Objective for Quadratic {
     }
 
     fn hessian_vector_product(&mut self, _: &[f32], direction: &[f32], out: &mut [f32]) {
-        for i in 0..3 {
-            let row: f64 = (0..3).map(|j| self.a[i][j] * f64::from(direction[j])).sum();
-            out[i] = row as f32;
+        for (row, value) in self.a.iter().zip(out.iter_mut()) {
+            let product: f64 = row
+                .iter()
+                .zip(direction)
+                .map(|(&a, &v)| a * f64::from(v))
+                .sum();
+            *value = product as f32;
         }
     }
 }
