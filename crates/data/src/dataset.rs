@@ -6,6 +6,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView2, Axis, s};
 
 use crate::error::{DataError, Result};
+use crate::formats::table::SparseRows;
 
 /// Features of a data set, row-major `[examples, features]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +21,14 @@ pub enum Features {
     },
     /// Features stored as f32.
     F32(Array2<f32>),
+    /// Sparse rows in CSR form, as read from LIBSVM files. Entries left out
+    /// are zero; every index is below `width`.
+    Sparse {
+        /// The rows' entries.
+        rows: SparseRows,
+        /// Features per row.
+        width: usize,
+    },
 }
 
 impl Features {
@@ -28,6 +37,7 @@ impl Features {
         match self {
             Features::U8 { values, .. } => values.nrows(),
             Features::F32(values) => values.nrows(),
+            Features::Sparse { rows, .. } => rows.len(),
         }
     }
 
@@ -41,6 +51,7 @@ impl Features {
         match self {
             Features::U8 { values, .. } => values.ncols(),
             Features::F32(values) => values.ncols(),
+            Features::Sparse { width, .. } => *width,
         }
     }
 
@@ -51,6 +62,10 @@ impl Features {
                 scale: *scale,
             },
             Features::F32(values) => Features::F32(values.select(Axis(0), indices)),
+            Features::Sparse { rows, width } => Features::Sparse {
+                rows: rows.select(indices.iter().copied()),
+                width: *width,
+            },
         }
     }
 
@@ -61,6 +76,13 @@ impl Features {
                 scale: *scale,
             },
             Features::F32(values) => Features::F32(values.slice(s![rows, ..]).to_owned()),
+            Features::Sparse {
+                rows: sparse,
+                width,
+            } => Features::Sparse {
+                rows: sparse.select(rows),
+                width: *width,
+            },
         }
     }
 }
@@ -145,6 +167,10 @@ impl Dataset {
                 copy_rows_mapped(values.slice(s![rows, ..]), out, |v| f32::from(v) * scale);
             }
             Features::F32(values) => copy_rows_mapped(values.slice(s![rows, ..]), out, |v| v),
+            Features::Sparse {
+                rows: sparse,
+                width,
+            } => sparse.densify_into(rows, *width, out),
         }
     }
 
@@ -156,6 +182,21 @@ impl Dataset {
                 values.mapv(|v| f32::from(v) * scale)
             }
             Features::F32(values) => values.clone(),
+            Features::Sparse { rows, width } => {
+                let mut values = Array2::zeros((rows.len(), *width));
+                if let Some(out) = values.as_slice_mut() {
+                    rows.densify_into(0..rows.len(), *width, out);
+                }
+                values
+            }
+        }
+    }
+
+    /// Returns the sparse rows when the features are sparse.
+    pub fn sparse_rows(&self) -> Option<&SparseRows> {
+        match &self.features {
+            Features::Sparse { rows, .. } => Some(rows),
+            _ => None,
         }
     }
 

@@ -4,10 +4,14 @@
 //! 1. the magic bytes `DPSHARD1`;
 //! 2. the length of the JSON header in bytes, as a little-endian u32;
 //! 3. the JSON header `{"version", "dtype", "rows", "features", "classes",
-//!    "scale", "checksum"}`, where `dtype` is `"u8"` or `"f32"` and
-//!    `checksum` is the CRC-32 of the payload;
-//! 4. the payload: the features in row-major order (one byte each, or
-//!    little-endian f32), then one little-endian u32 label per row.
+//!    "scale", "checksum"}`, where `dtype` is `"u8"`, `"f32"` or `"csr"`
+//!    and `checksum` is the CRC-32 of the payload; a `"csr"` header adds
+//!    `"entries"`, the number of stored values;
+//! 4. the payload: the features, then one little-endian u32 label per row.
+//!    Dense features are row-major, one byte or one little-endian f32 per
+//!    value. CSR features are `rows + 1` little-endian u64 row offsets, then
+//!    `entries` little-endian u32 feature indices, then `entries`
+//!    little-endian f32 values.
 
 use std::path::Path;
 
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::write_atomic;
 use crate::dataset::{Dataset, Features};
 use crate::error::{DataError, Result};
+use crate::formats::table::SparseRows;
 
 /// Bytes every shard starts with.
 pub const MAGIC: &[u8; 8] = b"DPSHARD1";
@@ -29,15 +34,8 @@ pub const VERSION: u32 = 1;
 enum Dtype {
     U8,
     F32,
-}
-
-impl Dtype {
-    fn size(self) -> usize {
-        match self {
-            Dtype::U8 => 1,
-            Dtype::F32 => 4,
-        }
-    }
+    /// Compressed sparse rows of f32 values.
+    Csr,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,6 +49,9 @@ struct Header {
     /// Factor that converts a byte feature to f32, or 1 for f32 features.
     scale: f32,
     checksum: u32,
+    /// Stored values of CSR features; absent for dense features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entries: Option<usize>,
 }
 
 /// Only the version field, read first so that a header of another version
@@ -71,9 +72,10 @@ pub fn encode(dataset: &Dataset) -> Vec<u8> {
         payload.extend_from_slice(&label.to_le_bytes());
     }
 
-    let (dtype, scale) = match &dataset.features {
-        Features::U8 { scale, .. } => (Dtype::U8, *scale),
-        Features::F32(_) => (Dtype::F32, 1.0),
+    let (dtype, scale, entries) = match &dataset.features {
+        Features::U8 { scale, .. } => (Dtype::U8, *scale, None),
+        Features::F32(_) => (Dtype::F32, 1.0, None),
+        Features::Sparse { rows, .. } => (Dtype::Csr, 1.0, Some(rows.indices.len())),
     };
     let header = Header {
         version: VERSION,
@@ -83,6 +85,7 @@ pub fn encode(dataset: &Dataset) -> Vec<u8> {
         classes: dataset.classes,
         scale,
         checksum: crc32fast::hash(&payload),
+        entries,
     };
     // A struct of numbers and an enum always serializes.
     let header = serde_json::to_vec(&header).expect("shard header serializes to JSON");
@@ -202,11 +205,21 @@ fn payload_layout(header: &Header) -> std::result::Result<(usize, usize), String
             header.rows, header.features
         )
     };
-    let feature_len = header
-        .rows
-        .checked_mul(header.features)
-        .and_then(|n| n.checked_mul(header.dtype.size()))
-        .ok_or_else(overflow)?;
+    let feature_len = match (header.dtype, header.entries) {
+        (Dtype::U8, None) => header.rows.checked_mul(header.features),
+        (Dtype::F32, None) => header
+            .rows
+            .checked_mul(header.features)
+            .and_then(|n| n.checked_mul(4)),
+        (Dtype::Csr, Some(entries)) => header
+            .rows
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(8))
+            .and_then(|n| entries.checked_mul(8).and_then(|m| m.checked_add(n))),
+        (Dtype::Csr, None) => return Err("a csr header needs \"entries\"".to_owned()),
+        (_, Some(_)) => return Err("only a csr header has \"entries\"".to_owned()),
+    }
+    .ok_or_else(overflow)?;
     let total = header
         .rows
         .checked_mul(4)
@@ -228,7 +241,78 @@ fn encode_features(features: &Features) -> Vec<u8> {
             }
             bytes
         }
+        Features::Sparse { rows, .. } => {
+            let entries = rows.indices.len();
+            let mut bytes = Vec::with_capacity(rows.offsets.len() * 8 + entries * 8);
+            for &offset in &rows.offsets {
+                bytes.extend_from_slice(&(offset as u64).to_le_bytes());
+            }
+            for index in &rows.indices {
+                bytes.extend_from_slice(&index.to_le_bytes());
+            }
+            for value in &rows.values {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+            bytes
+        }
     }
+}
+
+/// Decodes CSR features and checks that the offsets start at 0, never
+/// decrease and end at `entries`, and that each row's indices increase and
+/// stay below the feature count.
+fn decode_csr(header: &Header, bytes: &[u8]) -> std::result::Result<Features, String> {
+    let entries = header.entries.unwrap_or_default();
+    let (offset_bytes, rest) = bytes.split_at((header.rows + 1) * 8);
+    let (index_bytes, value_bytes) = rest.split_at(entries * 4);
+    let mut offsets = Vec::with_capacity(header.rows + 1);
+    for chunk in offset_bytes.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let offset = usize::try_from(u64::from_le_bytes(word)).unwrap_or(usize::MAX);
+        let previous = offsets.last().copied().unwrap_or(0);
+        if offset < previous || offset > entries || (offsets.is_empty() && offset != 0) {
+            return Err(format!(
+                "row offset {offset} at row {} is out of order or past the {entries} entries",
+                offsets.len()
+            ));
+        }
+        offsets.push(offset);
+    }
+    if offsets.last() != Some(&entries) {
+        return Err(format!(
+            "the row offsets end before the {entries} entries the header declares"
+        ));
+    }
+    let indices: Vec<u32> = index_bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    for (row, window) in offsets.windows(2).enumerate() {
+        let row_indices = &indices[window[0]..window[1]];
+        let increasing = row_indices.windows(2).all(|pair| pair[0] < pair[1]);
+        let in_range = row_indices
+            .last()
+            .is_none_or(|&last| (last as usize) < header.features);
+        if !(increasing && in_range) {
+            return Err(format!(
+                "row {row} has feature indices that do not increase or are not below {}",
+                header.features
+            ));
+        }
+    }
+    let values = value_bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(Features::Sparse {
+        rows: SparseRows {
+            offsets,
+            indices,
+            values,
+        },
+        width: header.features,
+    })
 }
 
 fn decode_features(header: &Header, bytes: &[u8]) -> std::result::Result<Features, String> {
@@ -248,6 +332,7 @@ fn decode_features(header: &Header, bytes: &[u8]) -> std::result::Result<Feature
                 Array2::from_shape_vec(shape, values).map_err(shape_error)?,
             ))
         }
+        Dtype::Csr => decode_csr(header, bytes),
     }
 }
 

@@ -16,6 +16,7 @@ mod layer;
 mod matmul;
 mod mlp;
 mod softmax;
+mod sparse;
 mod spec;
 mod workspace;
 
@@ -24,5 +25,6 @@ pub use description::{ModelDescription, TensorInfo};
 pub use error::ModelError;
 pub use evaluation::Evaluation;
 pub use mlp::Mlp;
+pub use sparse::{SparseBatch, SparseGradient, SparseWorkspace};
 pub use spec::ModelSpec;
 pub use workspace::Workspace;

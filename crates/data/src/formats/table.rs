@@ -1,6 +1,7 @@
 //! Examples as read from a CSV, LIBSVM or NumPy file, before their labels
 //! become class ids.
 
+use std::ops::Range;
 use std::path::PathBuf;
 
 use ndarray::Array2;
@@ -86,6 +87,34 @@ impl SparseRows {
         let range = self.offsets[row]..self.offsets[row + 1];
         (&self.indices[range.clone()], &self.values[range])
     }
+
+    /// Returns the rows at `rows`, in that order.
+    ///
+    /// # Panics
+    ///
+    /// Panics if a row is out of range.
+    pub fn select(&self, rows: impl IntoIterator<Item = usize>) -> SparseRows {
+        let mut selected = SparseRows::new();
+        for row in rows {
+            let (indices, values) = self.row(row);
+            selected.push_row(indices, values);
+        }
+        selected
+    }
+
+    /// Writes the rows `rows` into `out` as dense rows `width` wide, with
+    /// zeros where a row has no entry. The caller sizes `out` to
+    /// `rows.len() * width` values, and every index must be below `width`.
+    pub fn densify_into(&self, rows: Range<usize>, width: usize, out: &mut [f32]) {
+        out.fill(0.0);
+        for (position, row) in rows.enumerate() {
+            let dense = &mut out[position * width..(position + 1) * width];
+            let (indices, values) = self.row(row);
+            for (&index, &value) in indices.iter().zip(values) {
+                dense[index as usize] = value;
+            }
+        }
+    }
 }
 
 /// Feature values of a [`RawTable`].
@@ -136,8 +165,9 @@ impl RawTable {
         }
     }
 
-    /// Builds a data set with f32 features `width` wide and the class ids of
-    /// `classes`. Sparse rows are filled in with zeros.
+    /// Builds a data set with features `width` wide and the class ids of
+    /// `classes`. Dense rows become f32 features, and sparse rows stay
+    /// sparse.
     ///
     /// # Errors
     ///
@@ -145,9 +175,15 @@ impl RawTable {
     /// wide or a sparse index is at or past `width`, and
     /// [`DataError::UnknownLabel`] for a label `classes` does not contain.
     pub fn to_dataset(&self, classes: &ClassMap, width: usize) -> Result<Dataset> {
-        let features = self.to_features(width)?;
+        let features = match &self.features {
+            RawFeatures::Sparse(rows) if rows.min_width() <= width => Features::Sparse {
+                rows: rows.clone(),
+                width,
+            },
+            _ => Features::F32(self.to_features(width)?),
+        };
         let labels = self.class_ids(classes)?;
-        Dataset::new(Features::F32(features), labels, classes.len())
+        Dataset::new(features, labels, classes.len())
     }
 
     /// Returns the features as an f32 matrix `width` wide, with sparse rows
@@ -205,12 +241,6 @@ impl RawTable {
 
 fn densify(rows: &SparseRows, width: usize) -> Vec<f32> {
     let mut values = vec![0.0f32; rows.len() * width];
-    for row in 0..rows.len() {
-        let (indices, row_values) = rows.row(row);
-        let dense = &mut values[row * width..(row + 1) * width];
-        for (&index, &value) in indices.iter().zip(row_values) {
-            dense[index as usize] = value;
-        }
-    }
+    rows.densify_into(0..rows.len(), width, &mut values);
     values
 }
