@@ -158,6 +158,11 @@ pub struct TrainingArgs {
     /// Push gradients as bfloat16, half the bytes of f32.
     #[arg(long)]
     pub push_bf16: bool,
+    /// Push dense gradients of all of θ even for LIBSVM data with
+    /// `--model softmax`, which otherwise push only the values each
+    /// minibatch touched.
+    #[arg(long)]
+    pub dense: bool,
     /// Seconds of silence after which a worker loses its lease; in async
     /// mode its unfinished minibatches then go to the other workers.
     #[arg(long, default_value_t = defaults::LEASE_TIMEOUT_SECS)]
@@ -453,6 +458,7 @@ impl TrainingArgs {
             resume: false,
             clip_norm: self.clip_norm,
             clip_value: self.clip_value,
+            dense: self.dense,
             connect_timeout: std::time::Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
             tensorboard: self.tensorboard,
         }

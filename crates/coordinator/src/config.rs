@@ -91,6 +91,9 @@ pub struct CoordinatorConfig {
     /// Largest absolute value of a pushed gradient value; workers clamp
     /// larger ones. 0 turns value clipping off.
     pub clip_value: f32,
+    /// Push dense gradients even where sparse ones apply: training data
+    /// with sparse rows (LIBSVM) and softmax regression.
+    pub dense: bool,
     /// How long to keep retrying the first connection to each parameter
     /// server, which may start after the coordinator.
     pub connect_timeout: Duration,
@@ -183,6 +186,7 @@ impl CoordinatorConfig {
             resume: false,
             clip_norm: 0.0,
             clip_value: 0.0,
+            dense: false,
             connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
             tensorboard: false,
         }

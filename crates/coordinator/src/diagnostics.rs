@@ -69,6 +69,25 @@ pub struct ClippingCounts {
     pub clipped_values: u64,
 }
 
+/// Gradient values and bytes of the pushes workers reported as applied.
+///
+/// NOTE: a coordinator resumed from its state file counts from its own
+/// start, so these totals then leave out the pushes before the restart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PushTraffic {
+    /// Pushes reported.
+    pub pushes: u64,
+    /// Of those, the sparse pushes.
+    pub sparse_pushes: u64,
+    /// Gradient values the pushes carried, summed over the servers.
+    pub values: u64,
+    /// Encoded size of their PushRequest messages, summed over the servers
+    /// and pieces.
+    pub bytes: u64,
+    /// `bytes / pushes`, or 0 without pushes.
+    pub bytes_per_push: f64,
+}
+
 /// The diagnostics columns of one row of `events.jsonl`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EvalDiagnostics {
@@ -90,6 +109,11 @@ struct PushRow {
     gradient_norm: f32,
     clipped_by_norm: bool,
     clipped_values: u32,
+    /// Gradient values the push carried and the encoded size of its
+    /// PushRequest messages, summed over the servers.
+    values: u64,
+    bytes: u64,
+    sparse: bool,
 }
 
 /// Gradient-norm statistics and the push file, kept between passes.
@@ -99,6 +123,7 @@ pub(crate) struct PushRecorder {
     recent: VecDeque<(u64, f64)>,
     path: PathBuf,
     file: BufWriter<File>,
+    traffic: PushTraffic,
 }
 
 impl PushRecorder {
@@ -112,7 +137,16 @@ impl PushRecorder {
             recent: VecDeque::new(),
             path,
             file: BufWriter::new(file),
+            traffic: PushTraffic::default(),
         })
+    }
+
+    /// Returns the traffic of every push recorded so far.
+    pub(crate) fn traffic(&self) -> PushTraffic {
+        PushTraffic {
+            bytes_per_push: self.traffic.bytes as f64 / self.traffic.pushes.max(1) as f64,
+            ..self.traffic
+        }
     }
 
     /// Appends `pushes` to the push file and returns their statistics.
@@ -130,7 +164,14 @@ impl PushRecorder {
                 gradient_norm: push.gradient_norm,
                 clipped_by_norm: push.clipped_by_norm,
                 clipped_values: push.clipped_values,
+                values: push.pushed_values,
+                bytes: push.push_bytes,
+                sparse: push.sparse,
             };
+            self.traffic.pushes += 1;
+            self.traffic.sparse_pushes += u64::from(push.sparse);
+            self.traffic.values += push.pushed_values;
+            self.traffic.bytes += push.push_bytes;
             let line = serde_json::to_string(&row).map_err(|error| CoordinatorError::Io {
                 path: self.path.clone(),
                 error: error.into(),

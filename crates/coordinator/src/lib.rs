@@ -28,7 +28,7 @@ mod state;
 
 pub use config::{ConfigError, CoordinatorConfig, defaults};
 pub use diagnostics::{
-    ClippingCounts, EvalDiagnostics, GradientNormStats, PROBE_EXAMPLES, PUSHES_FILE,
+    ClippingCounts, EvalDiagnostics, GradientNormStats, PROBE_EXAMPLES, PUSHES_FILE, PushTraffic,
     RUNNING_MEAN_PASSES, effective_learning_rate,
 };
 pub use early_stopping::{EarlyStopping, Verdict};

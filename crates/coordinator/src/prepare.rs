@@ -60,6 +60,9 @@ pub struct PreparedRun {
     pub test: Option<EvalSet>,
     /// How the data was read and each split made.
     pub splits: SplitsRecord,
+    /// Whether workers push sparse gradients: the training rows are sparse,
+    /// the model supports them and `--dense` is not set.
+    pub sparse_gradients: bool,
 }
 
 impl PreparedRun {
@@ -134,6 +137,8 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
 
     let model = Mlp::new(&description)?;
     let initial_params = model.init_params(config.seed);
+    let sparse_gradients =
+        !config.dense && train.sparse_rows().is_some() && model.supports_sparse();
 
     info!(
         data = %config.data.display(),
@@ -143,6 +148,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         shards = shard_rows.len(),
         model = %config.model,
         parameters = model.num_params(),
+        gradients = if sparse_gradients { "sparse" } else { "dense" },
         "data prepared"
     );
     Ok(PreparedRun {
@@ -153,6 +159,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         validation: EvalSet::from_dataset(&validation),
         test: splits.test.as_ref().map(EvalSet::from_dataset),
         splits: splits.record,
+        sparse_gradients,
         description,
         model,
         initial_params,

@@ -210,6 +210,7 @@ fn run_info(prepared: &PreparedRun, run_dir: &RunDir) -> RunInfo {
             .then_some(prepared.config.lease_timeout),
         clip_norm: prepared.config.clip_norm,
         clip_value: prepared.config.clip_value,
+        sparse_gradients: prepared.sparse_gradients,
     }
 }
 
@@ -290,6 +291,7 @@ async fn drive(
     metrics: &CoordinatorMetrics,
 ) -> Result<RunSummary, CoordinatorError> {
     let settings = init_settings(&prepared, &shared.info.run_id);
+    let sparse_gradients = prepared.sparse_gradients;
     let PreparedRun {
         config,
         description,
@@ -516,6 +518,10 @@ async fn drive(
     servers.finish().await;
     run_dir.save_checkpoint(LAST_CHECKPOINT, &description, &at_stop.params)?;
     let totals = &at_stop.totals;
+    // Pushes reported since the last validation pass go to the push file
+    // and the traffic totals too.
+    let late_pushes = shared.lock().pushes.take();
+    push_recorder.record(&late_pushes)?;
 
     let mut per_worker = shared.lock().workers.clone();
     for worker in &mut per_worker {
@@ -569,6 +575,8 @@ async fn drive(
         push_every: config.push_every,
         fetch_every: config.fetch_every,
         push_encoding: if config.push_bf16 { "bf16" } else { "f32" }.to_owned(),
+        gradients: if sparse_gradients { "sparse" } else { "dense" }.to_owned(),
+        push_traffic: push_recorder.traffic(),
         train_examples,
         validation_examples: validation.len(),
         batch_size: config.batch_size,

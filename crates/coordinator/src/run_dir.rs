@@ -16,6 +16,7 @@ use downpour_model::ModelDescription;
 use serde::Serialize;
 
 use crate::diagnostics::EvalDiagnostics;
+use crate::diagnostics::PushTraffic;
 use crate::error::CoordinatorError;
 use crate::service::{EpochUsage, WorkerRecord};
 
@@ -113,6 +114,11 @@ pub struct RunSummary {
     pub fetch_every: u32,
     /// `f32` or `bf16`.
     pub push_encoding: String,
+    /// `sparse` when workers push only the gradient values their
+    /// minibatches touched, else `dense`.
+    pub gradients: String,
+    /// Values and bytes of the pushes workers reported.
+    pub push_traffic: PushTraffic,
     pub train_examples: usize,
     pub validation_examples: usize,
     pub batch_size: usize,

@@ -80,6 +80,7 @@ pub(crate) struct RunInfo {
     pub(crate) lease_timeout: Option<Duration>,
     pub(crate) clip_norm: f32,
     pub(crate) clip_value: f32,
+    pub(crate) sparse_gradients: bool,
 }
 
 #[derive(Debug)]
@@ -552,6 +553,7 @@ impl Coordinator for CoordinatorService {
                 .map_or(0, |timeout| timeout.as_millis() as u64),
             clip_norm: info.clip_norm,
             clip_value: info.clip_value,
+            sparse_gradients: info.sparse_gradients,
         }))
     }
 

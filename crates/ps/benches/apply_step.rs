@@ -43,6 +43,7 @@ fn apply_step(criterion: &mut Criterion) {
                 sequence: 0,
                 version: 0,
                 gradient: black_box(&gradients[pushes % 2]),
+                indices: None,
                 examples: 64,
                 loss: 2.3,
                 epoch: 0,

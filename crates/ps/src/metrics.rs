@@ -94,6 +94,7 @@ impl From<&StoreError> for Rejection {
     fn from(error: &StoreError) -> Self {
         match error {
             StoreError::WrongLength { .. } => Self::WrongLength,
+            StoreError::InvalidIndices(_) => Self::Malformed,
             StoreError::NonFiniteGradient { .. } => Self::NonFiniteGradient,
             StoreError::NonFiniteLoss => Self::NonFiniteLoss,
             StoreError::FutureVersion { .. } => Self::FutureVersion,

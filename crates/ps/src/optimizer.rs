@@ -51,6 +51,31 @@ impl SgdConfig {
             *theta -= lr * *v;
         }
     }
+
+    /// Applies one step to the positions `indices` of `params` only, with
+    /// `values` as the gradient there.
+    ///
+    /// The update is lazy: a position the gradient does not list keeps its
+    /// value and its momentum this step, so it is neither decayed by
+    /// `weight_decay` nor moved by the momentum it carries. A listed
+    /// position gets the same update as in [`SgdConfig::apply`]. Without
+    /// momentum and weight decay both agree exactly.
+    pub(crate) fn apply_sparse(
+        &self,
+        params: &mut [f32],
+        velocity: &mut [f32],
+        indices: &[u32],
+        values: &[f32],
+    ) {
+        debug_assert_eq!(indices.len(), values.len());
+        let (lr, mu, wd) = (self.learning_rate, self.momentum, self.weight_decay);
+        for (&index, &g) in indices.iter().zip(values) {
+            let (theta, v) = (&mut params[index as usize], &mut velocity[index as usize]);
+            let g = g + wd * *theta;
+            *v = mu * *v + g;
+            *theta -= lr * *v;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +99,32 @@ mod tests {
         sgd.apply(&mut params, &mut velocity, &[1.0]);
         assert!((velocity[0] - 1.9).abs() < 1e-6);
         assert!((params[0] - 0.71).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sparse_step_leaves_unlisted_positions() {
+        let sgd = SgdConfig {
+            learning_rate: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.5,
+        };
+        let mut params = [1.0f32, 2.0, 3.0];
+        let mut velocity = [0.5f32, 0.5, 0.5];
+        let mut dense_params = params;
+        let mut dense_velocity = velocity;
+
+        sgd.apply_sparse(&mut params, &mut velocity, &[1], &[1.0]);
+        sgd.apply(&mut dense_params, &mut dense_velocity, &[0.0, 1.0, 0.0]);
+
+        assert_eq!(params[0], 1.0);
+        assert_eq!(velocity[0], 0.5);
+        assert_eq!(params[2], 3.0);
+        assert_eq!(velocity[2], 0.5);
+        // The listed position moves as in the dense step:
+        // v = 0.9·0.5 + 1 + 0.5·2 = 2.45, θ = 2 − 0.245.
+        assert_eq!(params[1], dense_params[1]);
+        assert_eq!(velocity[1], dense_velocity[1]);
+        assert!((params[1] - 1.755).abs() < 1e-6);
     }
 
     #[test]

@@ -36,6 +36,20 @@ struct State {
     initial: Option<Pieces>,
     /// Gradients arriving in pieces, per worker.
     pieces: HashMap<u32, Pieces>,
+    /// Sparse gradients arriving in pieces, per worker.
+    sparse_pieces: HashMap<u32, SparsePieces>,
+    /// The positions and values of the sparse push being applied.
+    sparse_indices: Vec<u32>,
+    sparse_values: Vec<f32>,
+}
+
+/// A sparse gradient that arrives in pieces, in order.
+#[derive(Debug, Default)]
+struct SparsePieces {
+    /// Push sequence number the pieces belong to.
+    sequence: u64,
+    indices: Vec<u32>,
+    values: Vec<f32>,
 }
 
 /// Values that arrive in pieces, in order.
@@ -573,6 +587,89 @@ fn decode_gradient(request: &PushRequest, out: &mut [f32]) -> Result<(), Status>
     decoded.map_err(|error| Status::invalid_argument(format!("gradient: {error}")))
 }
 
+/// Decodes the little-endian u32 positions of a sparse push into `out`.
+fn decode_indices(bytes: &[u8], out: &mut Vec<u32>) -> Result<(), Status> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(Status::invalid_argument(format!(
+            "indices: {} bytes is not a whole number of u32 values",
+            bytes.len()
+        )));
+    }
+    out.clear();
+    out.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    Ok(())
+}
+
+/// Decodes a sparse push, or one piece of it, into `indices` and `values`.
+/// Returns false while more pieces are to come. `range_len` is the number
+/// of values the server holds, which no sparse gradient can list more of.
+/// The store checks the order and range of the positions when it applies
+/// the push.
+fn receive_sparse(
+    pieces: &mut HashMap<u32, SparsePieces>,
+    request: &PushRequest,
+    range_len: usize,
+    indices: &mut Vec<u32>,
+    values: &mut Vec<f32>,
+) -> Result<bool, Status> {
+    decode_indices(&request.indices, indices)?;
+    values.clear();
+    values.resize(gradient_values(request), 0.0);
+    decode_gradient(request, values)?;
+    if indices.len() != values.len() {
+        return Err(Status::invalid_argument(format!(
+            "sparse push holds {} indices but {} values",
+            indices.len(),
+            values.len()
+        )));
+    }
+    if !request.more && request.offset == 0 {
+        return Ok(true);
+    }
+    if indices.is_empty() {
+        return Err(Status::invalid_argument("piece holds no values"));
+    }
+    let assembled = pieces.entry(request.worker_id).or_default();
+    let filled = assembled.indices.len() as u64;
+    if request.offset != 0 && (filled == 0 || request.sequence != assembled.sequence) {
+        return Err(Status::failed_precondition(format!(
+            "piece at entry {} continues nothing under way; start at offset 0",
+            request.offset
+        )));
+    }
+    if request.offset != 0 && request.offset != filled {
+        return Err(Status::failed_precondition(format!(
+            "piece starts at entry {}, but the next expected entry is {filled}; send pieces in order",
+            request.offset
+        )));
+    }
+    let kept = if request.offset == 0 { 0 } else { filled as usize };
+    if kept + indices.len() > range_len {
+        return Err(Status::invalid_argument(format!(
+            "sparse pieces list more than the {range_len} values of the range"
+        )));
+    }
+    if request.offset == 0 {
+        assembled.sequence = request.sequence;
+        assembled.indices.clear();
+        assembled.values.clear();
+    }
+    assembled.indices.extend_from_slice(indices);
+    assembled.values.extend_from_slice(values);
+    if request.more {
+        return Ok(false);
+    }
+    std::mem::swap(&mut assembled.indices, indices);
+    std::mem::swap(&mut assembled.values, values);
+    assembled.indices.clear();
+    assembled.values.clear();
+    Ok(true)
+}
+
 #[tonic::async_trait]
 impl ParameterServer for ParameterServerService {
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<InitReply>, Status> {
@@ -693,7 +790,38 @@ impl ParameterServer for ParameterServerService {
                 self.metrics.reject(Rejection::NotInitialised);
                 return Err(not_initialised());
             };
-            if request.more || request.offset > 0 {
+            if request.sparse {
+                if request.more || request.offset > 0 {
+                    // One assembly buffer per worker: refuse ids outside
+                    // the run before allocating one.
+                    if let Err(error) = store.check_worker(request.worker_id) {
+                        warn!(worker_id = request.worker_id, %error, "push rejected");
+                        self.metrics.reject(Rejection::from(&error));
+                        return Err(error.into());
+                    }
+                }
+                let received = receive_sparse(
+                    &mut state.sparse_pieces,
+                    &request,
+                    store.params().len(),
+                    &mut state.sparse_indices,
+                    &mut state.sparse_values,
+                );
+                match received {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Ok(Response::new(PushReply {
+                            version: store.version(),
+                            ..Default::default()
+                        }));
+                    }
+                    Err(status) => {
+                        warn!(worker_id = request.worker_id, error = %status.message(), "sparse push rejected");
+                        self.metrics.reject(Rejection::Malformed);
+                        return Err(status);
+                    }
+                }
+            } else if request.more || request.offset > 0 {
                 // One assembly buffer per worker: refuse ids outside the run
                 // before allocating one.
                 if let Err(error) = store.check_worker(request.worker_id) {
@@ -731,10 +859,11 @@ impl ParameterServer for ParameterServerService {
                 }
                 std::mem::swap(&mut pieces.values, &mut state.gradient);
             }
-            let in_place = (!request.more && request.offset == 0)
+            let in_place = (!request.sparse && !request.more && request.offset == 0)
                 .then(|| f32s_in_place(&request))
                 .flatten();
-            if in_place.is_none()
+            if !request.sparse
+                && in_place.is_none()
                 && request.offset == 0
                 && let Err(status) = decode_gradient(&request, &mut state.gradient)
             {
@@ -747,11 +876,17 @@ impl ParameterServer for ParameterServerService {
                 warn!(worker_id = request.worker_id, error = %status.message(), "push rejected");
                 return Err(status);
             }
+            let (gradient, indices) = if request.sparse {
+                (&state.sparse_values[..], Some(&state.sparse_indices[..]))
+            } else {
+                (in_place.unwrap_or(&state.gradient), None)
+            };
             let push = Push {
                 worker_id: request.worker_id,
                 sequence: request.sequence,
                 version: request.version,
-                gradient: in_place.unwrap_or(&state.gradient),
+                gradient,
+                indices,
                 examples: request.examples,
                 loss: request.loss,
                 epoch: request.epoch,

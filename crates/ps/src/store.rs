@@ -19,6 +19,8 @@ pub enum StoreError {
     InvalidSchedule(String),
     #[error("gradient holds {actual} values but θ holds {expected}")]
     WrongLength { expected: usize, actual: usize },
+    #[error("invalid sparse gradient: {0}")]
+    InvalidIndices(String),
     #[error("gradient holds a non-finite value at index {index}")]
     NonFiniteGradient { index: usize },
     #[error("push was computed at version {version}, but the server is only at {current}")]
@@ -83,8 +85,13 @@ pub struct Push<'a> {
     pub sequence: u64,
     /// Version of θ the gradient was computed at.
     pub version: u64,
-    /// Mean gradient over the pushed minibatches.
+    /// Mean gradient over the pushed minibatches: every value of θ, or with
+    /// `indices` the values at those positions only.
     pub gradient: &'a [f32],
+    /// Positions in θ of the values of a sparse gradient, strictly
+    /// increasing; every other position of the gradient is zero. `None` for
+    /// a dense gradient.
+    pub indices: Option<&'a [u32]>,
     pub examples: u32,
     /// Mean loss over the pushed examples.
     pub loss: f32,
@@ -354,11 +361,15 @@ impl ParamStore {
             self.totals.duplicates += 1;
             return Ok(Accepted::Duplicate { ready_at });
         }
-        if push.gradient.len() != self.params.len() {
-            return Err(StoreError::WrongLength {
-                expected: self.params.len(),
-                actual: push.gradient.len(),
-            });
+        match push.indices {
+            None if push.gradient.len() != self.params.len() => {
+                return Err(StoreError::WrongLength {
+                    expected: self.params.len(),
+                    actual: push.gradient.len(),
+                });
+            }
+            None => {}
+            Some(indices) => check_indices(indices, push.gradient.len(), self.params.len())?,
         }
         if push.version > self.version {
             return Err(StoreError::FutureVersion {
@@ -370,10 +381,10 @@ impl ParamStore {
             return Err(StoreError::NonFiniteLoss);
         }
         if !all_finite(push.gradient) {
-            let index = push.gradient.iter().position(|v| !v.is_finite());
-            return Err(StoreError::NonFiniteGradient {
-                index: index.unwrap_or_default(),
-            });
+            let entry = push.gradient.iter().position(|v| !v.is_finite());
+            let entry = entry.unwrap_or_default();
+            let index = push.indices.map_or(entry, |indices| indices[entry] as usize);
+            return Err(StoreError::NonFiniteGradient { index });
         }
         match &self.clock {
             // In async mode a worker may train on the shard of a worker
@@ -390,13 +401,21 @@ impl ParamStore {
             return self.hold(push, staleness);
         }
 
-        let gradient = if self.compensate(push, staleness) {
-            &self.scratch
+        let compensated = self.compensate(push, staleness);
+        let gradient = if compensated {
+            &self.scratch[..push.gradient.len()]
         } else {
             push.gradient
         };
-        self.sgd
-            .apply(&mut self.params, &mut self.velocity, gradient);
+        match push.indices {
+            None => self
+                .sgd
+                .apply(&mut self.params, &mut self.velocity, gradient),
+            Some(indices) => {
+                self.sgd
+                    .apply_sparse(&mut self.params, &mut self.velocity, indices, gradient);
+            }
+        }
         self.version += 1;
         self.totals
             .count(push.worker_id, push.examples, push.loss, staleness);
@@ -419,8 +438,9 @@ impl ParamStore {
         })
     }
 
-    /// Writes the corrected gradient of `push` into `self.scratch` and
-    /// returns true, or returns false when no correction applies.
+    /// Writes the corrected gradient of `push` into the start of
+    /// `self.scratch`, one value per value of `push.gradient`, and returns
+    /// true, or returns false when no correction applies.
     fn compensate(&mut self, push: Push<'_>, staleness: u64) -> bool {
         let Compensation {
             scale_by_staleness,
@@ -434,15 +454,27 @@ impl ParamStore {
         if sent.is_none() && !scale {
             return false;
         }
-        self.scratch.copy_from_slice(push.gradient);
+        let scratch = &mut self.scratch[..push.gradient.len()];
+        scratch.copy_from_slice(push.gradient);
         if let Some(then) = sent {
-            for ((g, &now), &then) in self.scratch.iter_mut().zip(&self.params).zip(then) {
-                *g += dc_lambda * *g * *g * (now - then);
+            match push.indices {
+                None => {
+                    for ((g, &now), &then) in scratch.iter_mut().zip(&self.params).zip(then) {
+                        *g += dc_lambda * *g * *g * (now - then);
+                    }
+                }
+                // An untouched position has g = 0, so its correction is 0.
+                Some(indices) => {
+                    for (g, &index) in scratch.iter_mut().zip(indices) {
+                        let index = index as usize;
+                        *g += dc_lambda * *g * *g * (self.params[index] - then[index]);
+                    }
+                }
             }
         }
         if scale {
             let factor = 1.0 / (staleness as f32 + 1.0);
-            self.scratch.iter_mut().for_each(|g| *g *= factor);
+            scratch.iter_mut().for_each(|g| *g *= factor);
         }
         true
     }
@@ -466,8 +498,19 @@ impl ParamStore {
                 step,
             });
         }
-        round.gradients[worker].clear();
-        round.gradients[worker].extend_from_slice(push.gradient);
+        // A sync step averages dense gradients, so a sparse push is
+        // scattered into a dense buffer here.
+        let held = &mut round.gradients[worker];
+        held.clear();
+        match push.indices {
+            None => held.extend_from_slice(push.gradient),
+            Some(indices) => {
+                held.resize(self.params.len(), 0.0);
+                for (&index, &value) in indices.iter().zip(push.gradient) {
+                    held[index as usize] = value;
+                }
+            }
+        }
         round.held[worker] = Some(Held {
             examples: push.examples,
             loss: push.loss,
@@ -798,6 +841,33 @@ fn tensor_crc(params: &[f32], velocity: &[f32]) -> u32 {
 
 /// Returns whether every value is finite. The loop has no early exit, so it
 /// compiles to vector instructions.
+/// Checks that a sparse gradient has one index per value, and that its
+/// indices increase strictly and stay below `len`, the length of θ.
+fn check_indices(indices: &[u32], values: usize, len: usize) -> Result<(), StoreError> {
+    if indices.len() != values {
+        return Err(StoreError::InvalidIndices(format!(
+            "{} indices but {values} values",
+            indices.len()
+        )));
+    }
+    if let Some(pair) = indices.windows(2).position(|pair| pair[0] >= pair[1]) {
+        return Err(StoreError::InvalidIndices(format!(
+            "index {} at entry {} follows index {}; indices must increase strictly",
+            indices[pair + 1],
+            pair + 1,
+            indices[pair]
+        )));
+    }
+    if let Some(&last) = indices.last()
+        && last as usize >= len
+    {
+        return Err(StoreError::InvalidIndices(format!(
+            "index {last} is past the {len} values of θ"
+        )));
+    }
+    Ok(())
+}
+
 fn all_finite(values: &[f32]) -> bool {
     // An f32 is infinite or NaN exactly when its exponent bits are all set.
     const EXPONENT: u32 = 0x7f80_0000;
@@ -826,10 +896,18 @@ mod tests {
             sequence: 0,
             version,
             gradient,
+            indices: None,
             examples: 64,
             loss: 0.5,
             epoch: 0,
             batch: 0,
+        }
+    }
+
+    fn sparse<'a>(version: u64, indices: &'a [u32], values: &'a [f32]) -> Push<'a> {
+        Push {
+            indices: Some(indices),
+            ..push(version, values)
         }
     }
 
@@ -921,6 +999,62 @@ mod tests {
     }
 
     #[test]
+    fn sparse_push_moves_listed_positions_only() {
+        let sgd = SgdConfig {
+            learning_rate: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.1,
+        };
+        let mut store = ParamStore::new("run".into(), vec![1.0, 2.0, 3.0, 4.0], sgd).unwrap();
+
+        store.apply_push(sparse(0, &[1, 3], &[1.0, -1.0])).unwrap();
+        let after_first = store.params().to_vec();
+        // θ₁: v = 1 + 0.1·2 = 1.2, θ = 2 − 0.6; θ₃: v = −1 + 0.4, θ = 4 + 0.3.
+        assert_eq!(after_first[0], 1.0);
+        assert!((after_first[1] - 1.4).abs() < 1e-6);
+        assert_eq!(after_first[2], 3.0);
+        assert!((after_first[3] - 4.3).abs() < 1e-6);
+
+        // Momentum carried by θ₁ and θ₃ moves them only when listed again.
+        store.apply_push(sparse(1, &[0], &[0.0])).unwrap();
+        assert_eq!(store.params()[1..], after_first[1..]);
+        assert!((store.params()[0] - 0.95).abs() < 1e-6);
+        assert_eq!(store.version(), 2);
+    }
+
+    #[test]
+    fn sparse_push_rejects_bad_indices() {
+        let mut store = store();
+        let cases: [(&[u32], &[f32], &str); 4] = [
+            (&[0], &[1.0, 1.0], "1 indices but 2 values"),
+            (&[1, 0], &[1.0, 1.0], "index 0 at entry 1 follows index 1"),
+            (&[0, 0], &[1.0, 1.0], "index 0 at entry 1 follows index 0"),
+            (&[2], &[1.0], "index 2 is past the 2 values of θ"),
+        ];
+        for (indices, values, reason) in cases {
+            let error = store.apply_push(sparse(0, indices, values)).unwrap_err();
+            assert!(
+                matches!(&error, StoreError::InvalidIndices(message) if message.contains(reason)),
+                "{indices:?}: {error}"
+            );
+        }
+        assert_eq!(
+            store.apply_push(sparse(0, &[0, 1], &[1.0, f32::NAN])),
+            Err(StoreError::NonFiniteGradient { index: 1 })
+        );
+        assert_eq!(store.params(), &[1.0, 2.0]);
+        assert_eq!(store.version(), 0);
+    }
+
+    #[test]
+    fn sparse_push_without_entries_bumps_version() {
+        let mut store = store();
+        let outcome = store.apply_push(sparse(0, &[], &[])).unwrap();
+        assert_eq!(applied(outcome), (1, 0));
+        assert_eq!(store.params(), &[1.0, 2.0]);
+    }
+
+    #[test]
     fn overflowing_step_marks_divergence() {
         let sgd = SgdConfig {
             learning_rate: 4.0,
@@ -1005,6 +1139,24 @@ mod tests {
         assert_eq!(store.totals().pushes, 2);
         assert_eq!(store.totals().updates, 1);
         assert_eq!(store.totals().examples, 128);
+    }
+
+    #[test]
+    fn sync_step_scatters_sparse_pushes() {
+        let mut store = sync_store(vec![2, 2]);
+        let dense = [1.0f32, 3.0];
+        store.apply_push(at(0, 0, &dense, 96)).unwrap();
+        store
+            .apply_push(Push {
+                indices: Some(&[0]),
+                ..at(1, 0, &[4.0], 32)
+            })
+            .unwrap();
+        let mut reference = sync_store(vec![2, 2]);
+        reference.apply_push(at(0, 0, &dense, 96)).unwrap();
+        reference.apply_push(at(1, 0, &[4.0, 0.0], 32)).unwrap();
+        assert_eq!(store.version(), 1);
+        assert_eq!(store.params(), reference.params());
     }
 
     #[test]

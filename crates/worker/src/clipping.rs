@@ -33,6 +33,7 @@ impl Clipping {
             staleness: 0,
             clipped_by_norm,
             clipped_values: u32::try_from(clipped_values).unwrap_or(u32::MAX),
+            ..PushRecord::default()
         }
     }
 }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::Message as _;
 use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::decode_f32s_into;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
@@ -39,6 +40,8 @@ struct Server {
 struct Retained {
     sequence: u64,
     bytes: Bytes,
+    /// Positions in θ of a sparse gradient's values.
+    indices: Option<Vec<u32>>,
     encoding: GradientEncoding,
     examples: u32,
     loss: f32,
@@ -55,9 +58,13 @@ const MAX_RETAINED_BYTES: usize = 1 << 30;
 pub(crate) struct Gradient<'a> {
     pub(crate) worker_id: u32,
     pub(crate) sequence: u64,
-    /// The whole gradient, encoded as `encoding` specifies. Each server gets
-    /// its range.
+    /// The whole gradient, encoded as `encoding` specifies, or with
+    /// `indices` the values at those positions only. Each server gets its
+    /// range.
     pub(crate) bytes: &'a Bytes,
+    /// Positions in θ of a sparse gradient's values, strictly increasing;
+    /// `None` for a dense gradient.
+    pub(crate) indices: Option<&'a [u32]>,
     pub(crate) encoding: GradientEncoding,
     pub(crate) examples: u32,
     pub(crate) loss: f32,
@@ -81,6 +88,11 @@ pub(crate) struct PushOutcome {
     pub(crate) version: u64,
     /// Staleness of the push, the largest over the servers.
     pub(crate) staleness: u64,
+    /// Gradient values sent, summed over the servers.
+    pub(crate) pushed_values: u64,
+    /// Encoded size of the PushRequest messages sent, summed over the
+    /// servers and pieces.
+    pub(crate) push_bytes: u64,
 }
 
 /// Clients of every parameter server of the run, in θ order.
@@ -110,6 +122,8 @@ struct Pushed {
     params: Vec<Bytes>,
     /// Highest sequence number of this worker in the server's checkpoint.
     durable: u64,
+    /// Encoded size of the PushRequest messages sent.
+    bytes: u64,
 }
 
 /// A server's range of θ, pulled in pieces.
@@ -239,10 +253,11 @@ impl ParameterServers {
 
     /// Keeps `gradient` until every server's checkpoint contains it.
     fn retain(&mut self, gradient: &Gradient<'_>) {
-        self.retained_bytes += gradient.bytes.len();
+        self.retained_bytes += retained_size(gradient.bytes, gradient.indices);
         self.retained.push_back(Retained {
             sequence: gradient.sequence,
             bytes: gradient.bytes.clone(),
+            indices: gradient.indices.map(<[u32]>::to_vec),
             encoding: gradient.encoding,
             examples: gradient.examples,
             loss: gradient.loss,
@@ -252,7 +267,7 @@ impl ParameterServers {
         let mut dropped = 0;
         while self.retained_bytes > MAX_RETAINED_BYTES && self.retained.len() > 1 {
             if let Some(oldest) = self.retained.pop_front() {
-                self.retained_bytes -= oldest.bytes.len();
+                self.retained_bytes -= retained_size(&oldest.bytes, oldest.indices.as_deref());
                 dropped += 1;
             }
         }
@@ -271,7 +286,7 @@ impl ParameterServers {
         while let Some(oldest) = self.retained.front()
             && oldest.sequence <= durable
         {
-            self.retained_bytes -= oldest.bytes.len();
+            self.retained_bytes -= retained_size(&oldest.bytes, oldest.indices.as_deref());
             self.retained.pop_front();
         }
     }
@@ -312,6 +327,7 @@ impl ParameterServers {
                 worker_id,
                 sequence: retained.sequence,
                 bytes: &retained.bytes,
+                indices: retained.indices.as_deref(),
                 encoding: retained.encoding,
                 examples: retained.examples,
                 loss: retained.loss,
@@ -360,11 +376,14 @@ impl ParameterServers {
             resync: false,
             version: 0,
             staleness: 0,
+            pushed_values: 0,
+            push_bytes: 0,
         };
         let mut replays = Vec::new();
         let mut pushes = JoinSet::new();
         for (index, server) in self.servers.iter().enumerate() {
             let request = push_request(&gradient, server);
+            outcome.pushed_values += pushed_values(&request) as u64;
             let client = server.client.clone();
             let (len, piece) = (server.range.len(), self.piece_values);
             pushes.spawn(async move {
@@ -379,6 +398,7 @@ impl ParameterServers {
         while let Some(joined) = pushes.join_next().await {
             let (index, pushed) = joined.map_err(task_failed)?;
             let pushed = pushed?;
+            outcome.push_bytes += pushed.bytes;
             if pushed.resync {
                 replays.push(index);
                 continue;
@@ -415,6 +435,7 @@ impl Pushed {
             resync: true,
             params: Vec::new(),
             durable: 0,
+            bytes: 0,
         }
     }
 }
@@ -517,7 +538,9 @@ async fn push_range(
     len: usize,
     piece: usize,
 ) -> Result<Pushed, WorkerError> {
-    if len <= piece {
+    let values = pushed_values(&request);
+    if values <= piece {
+        let bytes = request.encoded_len() as u64;
         let reply = match client.push(request).await {
             Ok(reply) => reply.into_inner(),
             Err(status) if status.code() == tonic::Code::OutOfRange => {
@@ -534,20 +557,31 @@ async fn push_range(
             resync: false,
             params: vec![reply.params],
             durable: reply.durable_sequence,
+            bytes,
         });
     }
 
-    let width = request.gradient.len() / len;
+    // Dense pieces cut the range of θ; sparse pieces cut the list of
+    // entries, and `offset` then counts entries.
+    let width = request.gradient.len() / values;
     let mut reply = None;
-    for offset in (0..len).step_by(piece) {
-        let end = (offset + piece).min(len);
+    let mut bytes = 0;
+    for offset in (0..values).step_by(piece) {
+        let end = (offset + piece).min(values);
+        let indices = if request.sparse {
+            request.indices.slice(offset * 4..end * 4)
+        } else {
+            Bytes::new()
+        };
         let piece_request = PushRequest {
             gradient: request.gradient.slice(offset * width..end * width),
+            indices,
             offset: offset as u64,
-            more: end < len,
+            more: end < values,
             return_params: false,
             ..request.clone()
         };
+        bytes += piece_request.encoded_len() as u64;
         reply = match client.push(piece_request).await {
             Ok(reply) => Some(reply.into_inner()),
             Err(status) if status.code() == tonic::Code::OutOfRange => {
@@ -566,6 +600,7 @@ async fn push_range(
         resync: false,
         params: Vec::new(),
         durable: reply.durable_sequence,
+        bytes,
     };
     if request.return_params {
         let pulled = pull_range(client, request.worker_id, len, piece).await?;
@@ -606,14 +641,50 @@ fn decode_pieces(pieces: &[Bytes], out: &mut [f32]) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// Returns the number of gradient values `request` carries: the server's
+/// whole range for a dense push, the listed positions for a sparse one.
+fn pushed_values(request: &PushRequest) -> usize {
+    if request.sparse {
+        return request.indices.len() / 4;
+    }
+    match GradientEncoding::try_from(request.encoding) {
+        Ok(GradientEncoding::Bf16) => request.gradient.len() / 2,
+        _ => request.gradient.len() / 4,
+    }
+}
+
+/// Memory a kept push takes, counted against [`MAX_RETAINED_BYTES`].
+fn retained_size(bytes: &Bytes, indices: Option<&[u32]>) -> usize {
+    bytes.len() + indices.map_or(0, |indices| indices.len() * 4)
+}
+
+/// Builds the push of `server`'s range: a slice of a dense gradient, or
+/// the entries of a sparse one that fall in the range, with positions
+/// counted from the range's start.
 fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
     let width = match gradient.encoding {
         GradientEncoding::F32 => 4,
         GradientEncoding::Bf16 => 2,
     };
-    let bytes = gradient
-        .bytes
-        .slice(server.range.start * width..server.range.end * width);
+    let range = &server.range;
+    let (bytes, indices) = match gradient.indices {
+        None => (
+            gradient.bytes.slice(range.start * width..range.end * width),
+            Bytes::new(),
+        ),
+        Some(indices) => {
+            let first = indices.partition_point(|&index| (index as usize) < range.start);
+            let end = indices.partition_point(|&index| (index as usize) < range.end);
+            let mut local = Vec::with_capacity((end - first) * 4);
+            for &index in &indices[first..end] {
+                local.extend_from_slice(&(index - range.start as u32).to_le_bytes());
+            }
+            (
+                gradient.bytes.slice(first * width..end * width),
+                Bytes::from(local),
+            )
+        }
+    };
     PushRequest {
         worker_id: gradient.worker_id,
         sequence: gradient.sequence,
@@ -628,6 +699,8 @@ fn push_request(gradient: &Gradient<'_>, server: &Server) -> PushRequest {
         offset: 0,
         more: false,
         resend: false,
+        sparse: gradient.indices.is_some(),
+        indices,
     }
 }
 

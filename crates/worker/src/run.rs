@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use downpour_data::{Dataset, shard, shard_file};
-use downpour_model::{Mlp, ModelDescription};
+use downpour_model::{Mlp, ModelDescription, SparseGradient};
 use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::coordinator_client::CoordinatorClient;
@@ -177,6 +177,7 @@ async fn work(
         model = %description.spec,
         ps = %ps.addresses().join(","),
         push_every = registration.push_every,
+        sparse_gradients = registration.sparse_gradients,
         fetch_every = %match registration.fetch_every {
             0 => "with each push".to_owned(),
             every => every.to_string(),
@@ -188,7 +189,14 @@ async fn work(
         "registered with the coordinator"
     );
 
-    let trainer = Trainer::new(Mlp::new(&description)?, batch_size);
+    let model = Mlp::new(&description)?;
+    if registration.sparse_gradients && !model.supports_sparse() {
+        return Err(WorkerError::Layout(format!(
+            "the coordinator asks for sparse gradients, which model {} does not support; run the same Downpour version everywhere",
+            description.spec
+        )));
+    }
+    let trainer = Trainer::new(model, batch_size, registration.sparse_gradients);
     let push_every = registration.push_every.max(1);
     let mut session = Session {
         worker_id,
@@ -202,7 +210,7 @@ async fn work(
         },
         pushes: Vec::new(),
         accumulated: Accumulated::new(if push_every > 1 {
-            trainer.gradient.len()
+            trainer.params.len()
         } else {
             0
         }),
@@ -211,6 +219,7 @@ async fn work(
         needs_pull: true,
         since_fetch: 0,
         wire: BytesMut::new(),
+        sparse_sum: SparseGradient::default(),
         shards: HashMap::new(),
         metrics,
         report: WorkerReport {
@@ -344,6 +353,10 @@ enum RangeEnd {
 #[derive(Debug)]
 struct Accumulated {
     sum: Vec<f32>,
+    /// Positions of `sum` that sparse gradients listed, in the order they
+    /// were first listed; each flagged in `listed`.
+    touched: Vec<u32>,
+    listed: Vec<bool>,
     examples: u32,
     loss_sum: f64,
 }
@@ -352,9 +365,51 @@ impl Accumulated {
     fn new(parameters: usize) -> Self {
         Self {
             sum: vec![0.0; parameters],
+            touched: Vec::new(),
+            listed: Vec::new(),
             examples: 0,
             loss_sum: 0.0,
         }
+    }
+
+    /// Adds a sparse gradient, weighted by its examples.
+    fn add_sparse(&mut self, gradient: &SparseGradient, examples: usize, loss: f32) {
+        if self.listed.len() != self.sum.len() {
+            self.listed = vec![false; self.sum.len()];
+        }
+        let weight = examples as f32;
+        for (&index, &g) in gradient.indices.iter().zip(&gradient.values) {
+            let position = index as usize;
+            if !self.listed[position] {
+                self.listed[position] = true;
+                self.touched.push(index);
+            }
+            self.sum[position] += weight * g;
+        }
+        self.examples += examples as u32;
+        self.loss_sum += f64::from(loss) * examples as f64;
+    }
+
+    /// Writes the mean of the sparse gradients into `out`, listing every
+    /// position any of them listed, clears the sum, and returns the examples
+    /// and mean loss behind it.
+    fn finish_sparse(&mut self, out: &mut SparseGradient) -> (u32, f32) {
+        let examples = self.examples.max(1);
+        let scale = 1.0 / examples as f32;
+        self.touched.sort_unstable();
+        out.clear();
+        for &index in &self.touched {
+            let position = index as usize;
+            out.indices.push(index);
+            out.values.push(self.sum[position] * scale);
+            self.sum[position] = 0.0;
+            self.listed[position] = false;
+        }
+        self.touched.clear();
+        let result = (self.examples, (self.loss_sum / f64::from(examples)) as f32);
+        self.examples = 0;
+        self.loss_sum = 0.0;
+        result
     }
 
     fn add(&mut self, gradient: &[f32], examples: usize, loss: f32) {
@@ -377,6 +432,8 @@ impl Accumulated {
 
     fn clear(&mut self) {
         self.sum.fill(0.0);
+        self.listed.fill(false);
+        self.touched.clear();
         self.examples = 0;
         self.loss_sum = 0.0;
     }
@@ -405,6 +462,8 @@ struct Session {
     since_fetch: u32,
     /// Memory for the encoded gradient, reused from push to push.
     wire: BytesMut,
+    /// The mean of accumulated sparse gradients, reused from push to push.
+    sparse_sum: SparseGradient,
     shards: HashMap<u32, Arc<Dataset>>,
     metrics: WorkerMetrics,
     report: WorkerReport,
@@ -527,6 +586,11 @@ impl Session {
         });
         let shard = Arc::new(self.metrics.rpc.time("FetchShard", fetched).await?);
         let expected = self.trainer().inputs();
+        if self.trainer().is_sparse() && shard.sparse_rows().is_none() {
+            return Err(WorkerError::Layout(format!(
+                "the coordinator asks for sparse gradients, but shard {index} holds dense rows"
+            )));
+        }
         if shard.num_features() != expected {
             return Err(WorkerError::ShardShape {
                 shard: index,
@@ -634,8 +698,12 @@ impl Session {
                     trainer,
                     ..
                 } = self;
-                let gradient = &trainer.as_ref().expect("trainer is idle").gradient;
-                accumulated.add(gradient, examples, loss);
+                let trainer = trainer.as_ref().expect("trainer is idle");
+                if trainer.is_sparse() {
+                    accumulated.add_sparse(&trainer.sparse_gradient, examples, loss);
+                } else {
+                    accumulated.add(&trainer.gradient, examples, loss);
+                }
             }
             transport += push_started.elapsed();
         }
@@ -671,29 +739,45 @@ impl Session {
             trainer,
             encoding,
             wire,
+            sparse_sum,
             clipping,
             metrics,
             ..
         } = self;
         let trainer = trainer.as_mut().expect("the trainer is idle between steps");
-        let (gradient, examples, loss) = if self.push_every > 1 {
-            accumulated.add(&trainer.gradient, examples, loss);
-            let (examples, loss) = accumulated.finish();
-            (&mut accumulated.sum, examples, loss)
-        } else {
-            (&mut trainer.gradient, examples as u32, loss)
+        let sparse = trainer.is_sparse();
+        // A sparse gradient is clipped and encoded through its values: the
+        // zeros it leaves out change neither the norm nor value clipping.
+        let (values, indices, examples, loss) = match (sparse, self.push_every > 1) {
+            (false, true) => {
+                accumulated.add(&trainer.gradient, examples, loss);
+                let (examples, loss) = accumulated.finish();
+                (&mut accumulated.sum[..], None, examples, loss)
+            }
+            (false, false) => (&mut trainer.gradient[..], None, examples as u32, loss),
+            (true, true) => {
+                accumulated.add_sparse(&trainer.sparse_gradient, examples, loss);
+                let (examples, loss) = accumulated.finish_sparse(sparse_sum);
+                let SparseGradient { indices, values } = sparse_sum;
+                (&mut values[..], Some(&indices[..]), examples, loss)
+            }
+            (true, false) => {
+                let SparseGradient { indices, values } = &mut trainer.sparse_gradient;
+                (&mut values[..], Some(&indices[..]), examples as u32, loss)
+            }
         };
-        metrics.gradient_norm.set(l2_norm(gradient));
-        let mut record = clipping.apply(gradient);
+        metrics.gradient_norm.set(l2_norm(values));
+        let mut record = clipping.apply(values);
         let bytes = match encoding {
-            GradientEncoding::F32 => encode_f32s_reusing(gradient, wire),
-            GradientEncoding::Bf16 => encode_bf16s_reusing(gradient, wire),
+            GradientEncoding::F32 => encode_f32s_reusing(values, wire),
+            GradientEncoding::Bf16 => encode_bf16s_reusing(values, wire),
         };
         self.sequence += 1;
         let gradient = Gradient {
             worker_id: self.worker_id,
             sequence: self.sequence,
             bytes: &bytes,
+            indices,
             encoding: *encoding,
             examples,
             loss,
@@ -705,13 +789,16 @@ impl Session {
             .rpc
             .time("Push", ps.push(gradient, &mut trainer.params))
             .await?;
-        if self.push_every > 1 {
+        if self.push_every > 1 && !sparse {
             accumulated.clear();
         }
         if outcome.applied {
             self.report.pushes += 1;
             record.version = outcome.version;
             record.staleness = outcome.staleness;
+            record.pushed_values = outcome.pushed_values;
+            record.push_bytes = outcome.push_bytes;
+            record.sparse = sparse;
             self.pushes.push(record);
             self.metrics.pushes.inc();
         }
