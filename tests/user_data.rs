@@ -115,6 +115,16 @@ async fn agaricus_libsvm_three_workers() {
     let test = summary.splits.test.as_ref().expect("test record");
     assert_eq!(test.source, "file");
 
+    // Every push was sparse and carried fewer values than θ holds.
+    assert_eq!(summary.gradients, "sparse");
+    let traffic = summary.push_traffic;
+    assert!(traffic.pushes > 0, "{traffic:?}");
+    assert_eq!(traffic.sparse_pushes, traffic.pushes, "{traffic:?}");
+    assert!(
+        traffic.values < traffic.pushes * summary.parameters as u64,
+        "{traffic:?}"
+    );
+
     // `eval` and `predict` on the saved checkpoint agree with the run.
     let checkpoint = dir.path().join("run/best.safetensors");
     let test_file = agaricus().join("agaricus.txt.test");
@@ -171,6 +181,34 @@ async fn agaricus_libsvm_three_workers() {
     assert!(
         (predict_accuracy - accuracy).abs() < 1e-12,
         "{predict_accuracy}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agaricus_dense_flag_pushes_dense() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train(
+        &agaricus().join("agaricus.txt.train"),
+        &dir.path().join("run"),
+        2,
+        |config| {
+            config.input.format = Some(Format::Libsvm);
+            config.input.test_data = Some(agaricus().join("agaricus.txt.test"));
+            config.dense = true;
+        },
+    )
+    .await;
+
+    let accuracy = summary.test_accuracy.expect("a test split");
+    assert!(accuracy >= 0.99, "test accuracy {accuracy}");
+    assert_eq!(summary.gradients, "dense");
+    let traffic = summary.push_traffic;
+    assert!(traffic.pushes > 0, "{traffic:?}");
+    assert_eq!(traffic.sparse_pushes, 0, "{traffic:?}");
+    assert_eq!(
+        traffic.values,
+        traffic.pushes * summary.parameters as u64,
+        "{traffic:?}"
     );
 }
 

@@ -311,6 +311,7 @@ mod tests {
                 staleness: 0,
                 clipped_by_norm,
                 clipped_values,
+                ..PushRecord::default()
             },
         )
     }

@@ -328,3 +328,111 @@ async fn restored_server_gets_lost_pushes_again() {
     }
     assert_eq!(theta(&mut restored).await, theta(&mut live).await);
 }
+
+/// A sparse push of `values` at the positions `indices`.
+fn sparse_push(worker_id: u32, sequence: u64, indices: &[u32], values: &[f32]) -> PushRequest {
+    let indices: Vec<u8> = indices.iter().flat_map(|i| i.to_le_bytes()).collect();
+    PushRequest {
+        sparse: true,
+        indices: indices.into(),
+        ..push(worker_id, sequence, values)
+    }
+}
+
+#[tokio::test]
+async fn bad_sparse_pushes_leave_theta_alone() {
+    let mut client = server(init(&INITIAL, 0.01, 2, 10)).await;
+    let cases = [
+        (
+            "index past the range",
+            sparse_push(0, 1, &[3], &[1.0]),
+        ),
+        ("unsorted indices", sparse_push(0, 1, &[2, 0], &[1.0, 1.0])),
+        ("duplicate index", sparse_push(0, 1, &[1, 1], &[1.0, 1.0])),
+        (
+            "more indices than values",
+            sparse_push(0, 1, &[0, 1], &[1.0]),
+        ),
+        (
+            "misaligned indices",
+            PushRequest {
+                indices: vec![0u8; 5].into(),
+                ..sparse_push(0, 1, &[], &[1.0])
+            },
+        ),
+        ("NaN value", sparse_push(0, 1, &[0], &[f32::NAN])),
+        (
+            "empty piece",
+            PushRequest {
+                more: true,
+                ..sparse_push(0, 1, &[], &[])
+            },
+        ),
+        (
+            "unknown worker",
+            sparse_push(7, 1, &[0], &[1.0]),
+        ),
+    ];
+
+    for (case, request) in cases {
+        let status = client.push(request).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(theta(&mut client).await, (0, INITIAL.to_vec()), "{case}");
+    }
+
+    let orphan = PushRequest {
+        offset: 1,
+        ..sparse_push(0, 1, &[2], &[1.0])
+    };
+    let status = client.push(orphan).await.expect_err("orphan piece");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert_eq!(theta(&mut client).await, (0, INITIAL.to_vec()));
+}
+
+#[tokio::test]
+async fn sparse_push_moves_listed_values_only() {
+    let mut client = server(InitRequest {
+        optimizer: Some(OptimizerConfig {
+            learning_rate: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.1,
+        }),
+        ..init(&[1.0, 2.0, 3.0, 4.0], 0.5, 0, 0)
+    })
+    .await;
+
+    let reply = client
+        .push(sparse_push(0, 1, &[1, 3], &[1.0, -1.0]))
+        .await
+        .expect("sparse push")
+        .into_inner();
+    assert!(reply.applied);
+    let (version, after) = theta(&mut client).await;
+    assert_eq!(version, 1);
+    // θ₁: v = 1 + 0.1·2, θ = 2 − 0.5·1.2; θ₃: v = −1 + 0.1·4, θ = 4 + 0.5·0.6.
+    assert_eq!(after[0], 1.0);
+    assert!((after[1] - 1.4).abs() < 1e-6, "{after:?}");
+    assert_eq!(after[2], 3.0);
+    assert!((after[3] - 4.3).abs() < 1e-6, "{after:?}");
+
+    // In pieces, `offset` counts entries: 2 entries, then 1. The momentum
+    // θ₁ and θ₃ carry moves them only where a push lists them again.
+    let first = PushRequest {
+        more: true,
+        ..sparse_push(0, 2, &[0, 1], &[0.0, 0.0])
+    };
+    let reply = client.push(first).await.expect("first piece").into_inner();
+    assert!(!reply.applied, "the first piece is not applied on its own");
+    let last = PushRequest {
+        offset: 2,
+        ..sparse_push(0, 2, &[2], &[0.0])
+    };
+    client.push(last).await.expect("last piece");
+    let (version, pieced) = theta(&mut client).await;
+    assert_eq!(version, 2);
+    // θ₀: v = 0.1·1, θ = 1 − 0.05; θ₁: v = 0.9·1.2 + 0.1·1.4; θ₂: v = 0.3.
+    assert!((pieced[0] - 0.95).abs() < 1e-6, "{pieced:?}");
+    assert!((pieced[1] - (1.4 - 0.5 * 1.22)).abs() < 1e-6, "{pieced:?}");
+    assert!((pieced[2] - 2.85).abs() < 1e-6, "{pieced:?}");
+    assert_eq!(pieced[3], after[3], "θ₃ is not listed, so it keeps its value");
+}

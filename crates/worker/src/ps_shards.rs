@@ -711,3 +711,6 @@ fn task_failed(error: tokio::task::JoinError) -> WorkerError {
         message: format!("the request task failed: {error}"),
     }
 }
+
+#[cfg(test)]
+mod tests;

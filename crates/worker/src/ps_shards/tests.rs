@@ -1,0 +1,154 @@
+//! A sparse push of a real LIBSVM minibatch, split over two parameter
+//! servers on 127.0.0.1 and sent in pieces.
+
+use std::future::pending;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use downpour_data::formats::SparseRows;
+use downpour_data::formats::libsvm::LibsvmRows;
+use downpour_data::{Dataset, Features};
+use downpour_model::{Mlp, ModelDescription, ModelSpec};
+use downpour_proto::auth::ClusterToken;
+use downpour_proto::encode_f32s;
+use downpour_proto::v1::parameter_server_client::ParameterServerClient;
+use downpour_proto::v1::{GradientEncoding, InitRequest, OptimizerConfig, PsShard};
+use tokio::net::TcpListener;
+
+use super::{Gradient, ParameterServers};
+use crate::trainer::Trainer;
+
+const FEATURES: usize = 126;
+const ROWS: usize = 32;
+const LEARNING_RATE: f32 = 0.5;
+const WEIGHT_DECAY: f32 = 0.01;
+
+/// The first `ROWS` examples of the bundled agaricus training file.
+fn agaricus_rows() -> Dataset {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/agaricus/agaricus.txt.train");
+    let file = std::fs::File::open(&path).expect("the agaricus data is in data/agaricus");
+    let mut rows = SparseRows::new();
+    let mut labels = Vec::new();
+    for row in LibsvmRows::new(&path, BufReader::new(file), Default::default()).take(ROWS) {
+        let row = row.expect("valid LIBSVM line");
+        rows.push_row(&row.indices, &row.values);
+        labels.push(row.label.parse().expect("label 0 or 1"));
+    }
+    let features = Features::Sparse {
+        rows,
+        width: FEATURES,
+    };
+    Dataset::new(features, labels, 2).expect("valid data set")
+}
+
+/// Starts a parameter server on 127.0.0.1 holding `params`, and returns
+/// its address.
+async fn start_server(params: &[f32], token: &ClusterToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    tokio::spawn(downpour_ps::serve(listener, token.clone(), pending()));
+    let channel = downpour_proto::transport::connect_with_retry(
+        "parameter server",
+        &address,
+        Duration::from_secs(10),
+        token,
+    )
+    .await
+    .expect("connect");
+    let mut client = ParameterServerClient::new(downpour_proto::auth::authenticated(channel, token));
+    let init = InitRequest {
+        run_id: "sparse".into(),
+        params: encode_f32s(params),
+        optimizer: Some(OptimizerConfig {
+            learning_rate: LEARNING_RATE,
+            momentum: 0.9,
+            weight_decay: WEIGHT_DECAY,
+        }),
+        push_every: 1,
+        ..Default::default()
+    };
+    client.init(init).await.expect("init");
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_push_carries_touched_values_only() {
+    let description = ModelDescription::new(&ModelSpec::Softmax, FEATURES, 2).expect("model");
+    let model = Mlp::new(&description).expect("model");
+    let initial = model.init_params(3);
+    let parameters = initial.len();
+    let token = ClusterToken::random();
+    // Two servers split θ inside the weight row of class 1.
+    let split = 180;
+    let mut shards = Vec::new();
+    for range in [0..split, split..parameters] {
+        let address = start_server(&initial[range.clone()], &token).await;
+        shards.push(PsShard {
+            address,
+            offset: range.start as u64,
+            length: range.len() as u64,
+        });
+    }
+    // 40 values per message sends each server's part in pieces.
+    let mut servers =
+        ParameterServers::connect(&shards, None, parameters, 40, Duration::from_secs(10), &token)
+            .await
+            .expect("connect");
+    let data = agaricus_rows();
+    let mut trainer = Trainer::new(model, ROWS, true);
+    servers.pull(0, &mut trainer.params).await.expect("pull");
+    assert_eq!(trainer.params, initial);
+    trainer.step(&data, 0..ROWS);
+    let gradient = trainer.sparse_gradient.clone();
+
+    let rows = data.sparse_rows().expect("sparse rows");
+    let mut features = rows.indices.clone();
+    features.sort_unstable();
+    features.dedup();
+    // Every class's weight of each feature in the minibatch, plus the biases.
+    let touched = features.len() * 2 + 2;
+    assert_eq!(gradient.len(), touched);
+    assert!(touched < parameters, "the minibatch leaves features out");
+
+    let bytes = encode_f32s(&gradient.values);
+    let outcome = servers
+        .push(
+            Gradient {
+                worker_id: 0,
+                sequence: 1,
+                bytes: &Bytes::from(bytes),
+                indices: Some(&gradient.indices),
+                encoding: GradientEncoding::F32,
+                examples: ROWS as u32,
+                loss: 0.5,
+                epoch: 0,
+                batch: 0,
+                fetch: true,
+            },
+            &mut trainer.params,
+        )
+        .await
+        .expect("push");
+    assert!(outcome.applied);
+    assert_eq!(outcome.pushed_values, touched as u64);
+    assert!(outcome.push_bytes > 0);
+
+    // With zero momentum so far, a listed value moves by
+    // lr · (g + weight_decay · θ); every other value keeps θ₀ exactly.
+    let mut listed = gradient.indices.iter().zip(&gradient.values).peekable();
+    for (index, (&after, &before)) in trainer.params.iter().zip(&initial).enumerate() {
+        match listed.next_if(|(listed_index, _)| **listed_index as usize == index) {
+            Some((_, &g)) => {
+                let expected = before - LEARNING_RATE * (g + WEIGHT_DECAY * before);
+                assert!(
+                    (after - expected).abs() < 1e-6,
+                    "θ[{index}] is {after}, expected {expected}"
+                );
+                assert_ne!(after, before, "θ[{index}] is listed but did not move");
+            }
+            None => assert_eq!(after, before, "θ[{index}] is not listed but moved"),
+        }
+    }
+}
