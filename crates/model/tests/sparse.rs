@@ -56,7 +56,10 @@ fn sparse_gradient_matches_dense() {
         &mut gradient,
         &mut Workspace::new(&model, 3),
     );
-    assert!((sparse_loss - dense_loss).abs() < 1e-6, "{sparse_loss} vs {dense_loss}");
+    assert!(
+        (sparse_loss - dense_loss).abs() < 1e-6,
+        "{sparse_loss} vs {dense_loss}"
+    );
 
     // Features 0, 1, 4 and 5 occur; 2 and 3 do not. Each class row of the
     // weight holds 6 values, and the 3 biases follow at 18.
@@ -65,11 +68,17 @@ fn sparse_gradient_matches_dense() {
     assert_eq!(sparse.values.len(), expected.len());
     for (&index, &value) in sparse.indices.iter().zip(&sparse.values) {
         let reference = gradient[index as usize];
-        assert!((value - reference).abs() < 1e-6, "θ[{index}]: {value} vs {reference}");
+        assert!(
+            (value - reference).abs() < 1e-6,
+            "θ[{index}]: {value} vs {reference}"
+        );
     }
     for (index, &value) in gradient.iter().enumerate() {
         if !sparse.indices.contains(&(index as u32)) {
-            assert_eq!(value, 0.0, "θ[{index}] is untouched but has a dense gradient");
+            assert_eq!(
+                value, 0.0,
+                "θ[{index}] is untouched but has a dense gradient"
+            );
         }
     }
 }

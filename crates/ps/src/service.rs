@@ -647,7 +647,11 @@ fn receive_sparse(
             request.offset
         )));
     }
-    let kept = if request.offset == 0 { 0 } else { filled as usize };
+    let kept = if request.offset == 0 {
+        0
+    } else {
+        filled as usize
+    };
     if kept + indices.len() > range_len {
         return Err(Status::invalid_argument(format!(
             "sparse pieces list more than the {range_len} values of the range"

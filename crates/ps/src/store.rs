@@ -383,7 +383,9 @@ impl ParamStore {
         if !all_finite(push.gradient) {
             let entry = push.gradient.iter().position(|v| !v.is_finite());
             let entry = entry.unwrap_or_default();
-            let index = push.indices.map_or(entry, |indices| indices[entry] as usize);
+            let index = push
+                .indices
+                .map_or(entry, |indices| indices[entry] as usize);
             return Err(StoreError::NonFiniteGradient { index });
         }
         match &self.clock {

@@ -343,10 +343,7 @@ fn sparse_push(worker_id: u32, sequence: u64, indices: &[u32], values: &[f32]) -
 async fn bad_sparse_pushes_leave_theta_alone() {
     let mut client = server(init(&INITIAL, 0.01, 2, 10)).await;
     let cases = [
-        (
-            "index past the range",
-            sparse_push(0, 1, &[3], &[1.0]),
-        ),
+        ("index past the range", sparse_push(0, 1, &[3], &[1.0])),
         ("unsorted indices", sparse_push(0, 1, &[2, 0], &[1.0, 1.0])),
         ("duplicate index", sparse_push(0, 1, &[1, 1], &[1.0, 1.0])),
         (
@@ -368,10 +365,7 @@ async fn bad_sparse_pushes_leave_theta_alone() {
                 ..sparse_push(0, 1, &[], &[])
             },
         ),
-        (
-            "unknown worker",
-            sparse_push(7, 1, &[0], &[1.0]),
-        ),
+        ("unknown worker", sparse_push(7, 1, &[0], &[1.0])),
     ];
 
     for (case, request) in cases {
@@ -434,5 +428,8 @@ async fn sparse_push_moves_listed_values_only() {
     assert!((pieced[0] - 0.95).abs() < 1e-6, "{pieced:?}");
     assert!((pieced[1] - (1.4 - 0.5 * 1.22)).abs() < 1e-6, "{pieced:?}");
     assert!((pieced[2] - 2.85).abs() < 1e-6, "{pieced:?}");
-    assert_eq!(pieced[3], after[3], "θ₃ is not listed, so it keeps its value");
+    assert_eq!(
+        pieced[3], after[3],
+        "θ₃ is not listed, so it keeps its value"
+    );
 }

@@ -8,12 +8,12 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use prost::Message as _;
 use downpour_proto::auth::{AuthChannel, ClusterToken, authenticated};
 use downpour_proto::decode_f32s_into;
 use downpour_proto::transport::{MAX_MESSAGE_BYTES, connect_with_retry};
 use downpour_proto::v1::parameter_server_client::ParameterServerClient;
 use downpour_proto::v1::{GradientEncoding, PsShard, PullRequest, PushRequest};
+use prost::Message as _;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 

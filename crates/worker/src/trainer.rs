@@ -31,7 +31,11 @@ impl Trainer {
     /// which [`Mlp::supports_sparse`] holds.
     pub(crate) fn new(model: Mlp, batch_size: usize, sparse: bool) -> Self {
         let params = vec![0.0; model.num_params()];
-        let dense_features = if sparse { 0 } else { batch_size * model.inputs() };
+        let dense_features = if sparse {
+            0
+        } else {
+            batch_size * model.inputs()
+        };
         Self {
             workspace: Workspace::new(&model, if sparse { 1 } else { batch_size }),
             gradient: if sparse {

@@ -6,7 +6,6 @@ use super::csv_file::{CsvRows, read_csv};
 use super::libsvm::read_libsvm;
 use super::npy::{labels_path_for, read_npy_pair};
 use super::*;
-use crate::Features;
 
 fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -649,13 +648,15 @@ fn table_to_dataset_maps_classes() {
     assert_eq!(classes.names, ["-1", "1"]);
     let dataset = train.to_dataset(&classes, 4).expect("fits");
     assert_eq!(dataset.labels, [1, 0, 1]);
+    assert!(dataset.sparse_rows().is_some(), "LIBSVM rows stay sparse");
+    assert_eq!(dataset.num_features(), 4);
     assert_eq!(
-        dataset.features,
-        Features::F32(array![
+        dataset.to_f32(),
+        array![
             [0.0, 1.0, 0.0, 0.0],
             [1.0, 0.0, 0.0, 0.0],
             [2.0, 0.0, 1.0, 0.0]
-        ])
+        ]
     );
     let error = train
         .to_dataset(&classes, 2)

@@ -1,5 +1,7 @@
 use ndarray::array;
 
+use crate::formats::table::SparseRows;
+
 use super::*;
 
 fn u8_dataset() -> Dataset {
@@ -270,4 +272,89 @@ fn file_round_trip_and_error_path() {
             missing.display()
         )
     );
+}
+
+fn csr_dataset() -> Dataset {
+    let mut rows = SparseRows::new();
+    rows.push_row(&[0, 4], &[1.0, -2.5]);
+    rows.push_row(&[], &[]);
+    rows.push_row(&[1, 2, 5], &[0.5, 0.25, 3.0]);
+    Dataset::new(Features::Sparse { rows, width: 6 }, vec![1, 0, 1], 2).expect("valid data set")
+}
+
+/// Builds CSR shard bytes from offsets, indices and values, with a header
+/// that declares `features` features.
+fn csr_shard(offsets: &[u64], indices: &[u32], values: &[f32], features: usize) -> Vec<u8> {
+    let mut payload = Vec::new();
+    offsets
+        .iter()
+        .for_each(|o| payload.extend_from_slice(&o.to_le_bytes()));
+    indices
+        .iter()
+        .for_each(|i| payload.extend_from_slice(&i.to_le_bytes()));
+    values
+        .iter()
+        .for_each(|v| payload.extend_from_slice(&v.to_le_bytes()));
+    let rows = offsets.len() - 1;
+    for _ in 0..rows {
+        payload.extend_from_slice(&0u32.to_le_bytes());
+    }
+    let header = format!(
+        r#"{{"version":1,"dtype":"csr","rows":{rows},"features":{features},"classes":2,"scale":1.0,"checksum":{},"entries":{}}}"#,
+        crc32fast::hash(&payload),
+        indices.len()
+    );
+    assemble(&header, &payload)
+}
+
+#[test]
+fn round_trip_csr() {
+    let data = csr_dataset();
+    let decoded = decode(&encode(&data)).expect("decode");
+    assert_eq!(decoded, data);
+    assert_eq!(
+        decoded.to_f32().row(2),
+        array![0.0f32, 0.5, 0.25, 0.0, 0.0, 3.0]
+    );
+    let picked = data.select(&[2, 0]);
+    assert_eq!(picked.sparse_rows().expect("sparse").row(0).0, &[1, 2, 5]);
+    assert_eq!(picked.labels, vec![1, 1]);
+}
+
+#[test]
+fn csr_copy_rows_densifies() {
+    let mut out = [9.0f32; 12];
+    csr_dataset().copy_rows_f32(0..2, &mut out);
+    assert_eq!(
+        out,
+        [1.0, 0.0, 0.0, 0.0, -2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
+}
+
+#[test]
+fn bad_csr_is_rejected() {
+    let cases = [
+        (csr_shard(&[1, 1], &[0], &[1.0], 3), "row offset 1 at row 0"),
+        (
+            csr_shard(&[0, 2, 1], &[0, 1], &[1.0, 1.0], 3),
+            "row offset 1 at row 2",
+        ),
+        (
+            csr_shard(&[0, 1], &[0, 1], &[1.0, 1.0], 3),
+            "the row offsets end before the 2 entries",
+        ),
+        (
+            csr_shard(&[0, 2], &[1, 0], &[1.0, 1.0], 3),
+            "row 0 has feature indices that do not increase",
+        ),
+        (
+            csr_shard(&[0, 1], &[3], &[1.0], 3),
+            "row 0 has feature indices that do not increase or are not below 3",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let message = decode_error(&bytes);
+        assert!(message.contains(expected), "{message}");
+    }
+    assert!(decode(&csr_shard(&[0, 1], &[2], &[1.0], 3)).is_ok());
 }

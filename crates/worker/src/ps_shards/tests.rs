@@ -57,7 +57,8 @@ async fn start_server(params: &[f32], token: &ClusterToken) -> String {
     )
     .await
     .expect("connect");
-    let mut client = ParameterServerClient::new(downpour_proto::auth::authenticated(channel, token));
+    let mut client =
+        ParameterServerClient::new(downpour_proto::auth::authenticated(channel, token));
     let init = InitRequest {
         run_id: "sparse".into(),
         params: encode_f32s(params),
@@ -92,10 +93,16 @@ async fn sparse_push_carries_touched_values_only() {
         });
     }
     // 40 values per message sends each server's part in pieces.
-    let mut servers =
-        ParameterServers::connect(&shards, None, parameters, 40, Duration::from_secs(10), &token)
-            .await
-            .expect("connect");
+    let mut servers = ParameterServers::connect(
+        &shards,
+        None,
+        parameters,
+        40,
+        Duration::from_secs(10),
+        &token,
+    )
+    .await
+    .expect("connect");
     let data = agaricus_rows();
     let mut trainer = Trainer::new(model, ROWS, true);
     servers.pull(0, &mut trainer.params).await.expect("pull");
