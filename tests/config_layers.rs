@@ -31,8 +31,8 @@ fn layer_values(key: &str) -> Option<[&'static str; 3]> {
         "validation_size" => ["100", "200", "300"],
         "batches_per_work" => ["1", "2", "3"],
         "consistency" => ["\"bounded:1\"", "bounded:2", "bounded:3"],
-        "staleness_scaling" | "push_bf16" | "restore" | "resume" | "tensorboard" | "no_header"
-        | "zero_based" => ["true", "false", ""],
+        "staleness_scaling" | "push_bf16" | "dense" | "restore" | "resume" | "tensorboard"
+        | "no_header" | "zero_based" => ["true", "false", ""],
         "clip_norm" | "clip_value" => ["1.5", "2.5", "3.5"],
         "checkpoint_seconds" => ["5.5", "6.5", "7.5"],
         "metrics_addr" => ["\"127.0.0.1:7\"", "127.0.0.1:8", "127.0.0.1:9"],

@@ -22,6 +22,8 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
+    // NOTE: sparse held-out rows are densified here, which takes examples ×
+    // features × 4 bytes; very wide LIBSVM data can run out of memory.
     fn from_dataset(dataset: &Dataset) -> Self {
         Self {
             features: dataset.to_f32(),

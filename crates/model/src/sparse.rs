@@ -8,7 +8,7 @@ use crate::{Mlp, softmax};
 
 /// A minibatch of sparse rows in compressed sparse row (CSR) form.
 ///
-/// Row `r` holds the entries `offsets[r]..offsets[r + 1]` of `indices` and
+/// Row `r` contains the entries `offsets[r]..offsets[r + 1]` of `indices` and
 /// `values`, so `offsets` has one more element than there are rows. The
 /// offsets may start past 0, which lets a batch view a slice of a larger
 /// set of rows without copying.

@@ -62,7 +62,7 @@ fn sparse_gradient_matches_dense() {
     );
 
     // Features 0, 1, 4 and 5 occur; 2 and 3 do not. Each class row of the
-    // weight holds 6 values, and the 3 biases follow at 18.
+    // weight has 6 values, and the 3 biases follow at 18.
     let expected: Vec<u32> = vec![0, 1, 4, 5, 6, 7, 10, 11, 12, 13, 16, 17, 18, 19, 20];
     assert_eq!(sparse.indices, expected);
     assert_eq!(sparse.values.len(), expected.len());

@@ -620,6 +620,7 @@ fn receive_sparse(
     values.clear();
     values.resize(gradient_values(request), 0.0);
     decode_gradient(request, values)?;
+
     if indices.len() != values.len() {
         return Err(Status::invalid_argument(format!(
             "sparse push holds {} indices but {} values",
@@ -633,6 +634,7 @@ fn receive_sparse(
     if indices.is_empty() {
         return Err(Status::invalid_argument("piece holds no values"));
     }
+
     let assembled = pieces.entry(request.worker_id).or_default();
     let filled = assembled.indices.len() as u64;
     if request.offset != 0 && (filled == 0 || request.sequence != assembled.sequence) {
@@ -657,6 +659,7 @@ fn receive_sparse(
             "sparse pieces list more than the {range_len} values of the range"
         )));
     }
+
     if request.offset == 0 {
         assembled.sequence = request.sequence;
         assembled.indices.clear();
@@ -796,7 +799,7 @@ impl ParameterServer for ParameterServerService {
             };
             if request.sparse {
                 if request.more || request.offset > 0 {
-                    // One assembly buffer per worker: refuse ids outside
+                    // One assembly buffer per worker: reject ids outside
                     // the run before allocating one.
                     if let Err(error) = store.check_worker(request.worker_id) {
                         warn!(worker_id = request.worker_id, %error, "push rejected");

@@ -329,7 +329,7 @@ async fn restored_server_gets_lost_pushes_again() {
     assert_eq!(theta(&mut restored).await, theta(&mut live).await);
 }
 
-/// A sparse push of `values` at the positions `indices`.
+/// Builds a sparse push of `values` at the positions `indices`.
 fn sparse_push(worker_id: u32, sequence: u64, indices: &[u32], values: &[f32]) -> PushRequest {
     let indices: Vec<u8> = indices.iter().flat_map(|i| i.to_le_bytes()).collect();
     PushRequest {

@@ -40,6 +40,8 @@ pub enum WorkerError {
     Params(#[from] downpour_proto::F32BytesError),
     #[error("invalid parameter-server layout: {0}")]
     Layout(String),
+    #[error("cannot push sparse gradients: {0}")]
+    SparseGradients(String),
     #[error(
         "training diverged: the loss of minibatch {batch} of epoch {epoch} is not finite; lower the learning rate (--lr), or with many asynchronous workers add --staleness-scaling or lower --momentum"
     )]

@@ -191,8 +191,8 @@ async fn work(
 
     let model = Mlp::new(&description)?;
     if registration.sparse_gradients && !model.supports_sparse() {
-        return Err(WorkerError::Layout(format!(
-            "the coordinator asks for sparse gradients, which model {} does not support; run the same Downpour version everywhere",
+        return Err(WorkerError::SparseGradients(format!(
+            "the coordinator requests them, but model {} does not support them; run the same Downpour version everywhere",
             description.spec
         )));
     }
@@ -587,8 +587,8 @@ impl Session {
         let shard = Arc::new(self.metrics.rpc.time("FetchShard", fetched).await?);
         let expected = self.trainer().inputs();
         if self.trainer().is_sparse() && shard.sparse_rows().is_none() {
-            return Err(WorkerError::Layout(format!(
-                "the coordinator asks for sparse gradients, but shard {index} holds dense rows"
+            return Err(WorkerError::SparseGradients(format!(
+                "the coordinator requests them, but shard {index} contains dense rows; run the same Downpour version everywhere"
             )));
         }
         if shard.num_features() != expected {

@@ -25,7 +25,7 @@ const ROWS: usize = 32;
 const LEARNING_RATE: f32 = 0.5;
 const WEIGHT_DECAY: f32 = 0.01;
 
-/// The first `ROWS` examples of the bundled agaricus training file.
+/// Reads the first `ROWS` examples of the bundled agaricus training file.
 fn agaricus_rows() -> Dataset {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/agaricus/agaricus.txt.train");
     let file = std::fs::File::open(&path).expect("the agaricus data is in data/agaricus");
