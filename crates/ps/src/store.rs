@@ -1308,6 +1308,35 @@ mod tests {
     }
 
     #[test]
+    fn compensation_of_sparse_push() {
+        let compensated = || {
+            let mut store = store()
+                .with_compensation(Compensation {
+                    scale_by_staleness: true,
+                    dc_lambda: 0.5,
+                })
+                .unwrap();
+            store.record_sent(7);
+            // Another worker moves θ from [1, 2] to [0, 3].
+            store
+                .apply_push(Push {
+                    worker_id: 8,
+                    ..push(0, &[2.0, -2.0])
+                })
+                .unwrap();
+            store
+        };
+        let mut sparse_store = compensated();
+        sparse_store.apply_push(sparse(0, &[1], &[2.0])).unwrap();
+
+        // θ₁: (g + λ·g²·(θ_now − θ_then)) / (staleness + 1) = (2 + 0.5·4·1) / 2.
+        assert_eq!(sparse_store.params(), &[0.0, 3.0 - 0.5 * 2.0]);
+        let mut dense_store = compensated();
+        dense_store.apply_push(push(0, &[0.0, 2.0])).unwrap();
+        assert_eq!(sparse_store.params(), dense_store.params());
+    }
+
+    #[test]
     fn repeated_sequence_is_acknowledged_once() {
         let mut store = store();
         let first = Push {

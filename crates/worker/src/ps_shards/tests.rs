@@ -6,7 +6,6 @@ use std::io::BufReader;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use downpour_data::formats::SparseRows;
 use downpour_data::formats::libsvm::LibsvmRows;
 use downpour_data::{Dataset, Features};
@@ -125,7 +124,7 @@ async fn sparse_push_carries_touched_values_only() {
             Gradient {
                 worker_id: 0,
                 sequence: 1,
-                bytes: &Bytes::from(bytes),
+                bytes: &bytes,
                 indices: Some(&gradient.indices),
                 encoding: GradientEncoding::F32,
                 examples: ROWS as u32,
@@ -158,4 +157,171 @@ async fn sparse_push_carries_touched_values_only() {
             None => assert_eq!(after, before, "θ[{index}] is not listed but moved"),
         }
     }
+}
+
+/// Builds worker 0's sparse push `sequence` of the f32 `values` at
+/// `indices`, without θ in the reply.
+fn sparse_gradient<'a>(
+    sequence: u64,
+    indices: &'a [u32],
+    values: &'a bytes::Bytes,
+) -> Gradient<'a> {
+    Gradient {
+        worker_id: 0,
+        sequence,
+        bytes: values,
+        indices: Some(indices),
+        encoding: GradientEncoding::F32,
+        examples: 8,
+        loss: 1.0,
+        epoch: 0,
+        batch: sequence as u32 - 1,
+        fetch: false,
+    }
+}
+
+/// Encodes a dense push of `gradient` for worker 0.
+fn dense_push(sequence: u64, gradient: &[f32]) -> downpour_proto::v1::PushRequest {
+    downpour_proto::v1::PushRequest {
+        worker_id: 0,
+        sequence,
+        gradient: encode_f32s(gradient),
+        examples: 8,
+        loss: 1.0,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_server_gets_sparse_pushes_again() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let live_path = dir.path().join("live.safetensors");
+    let token = ClusterToken::random();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let live =
+        downpour_ps::ParameterServerService::new().with_checkpointing(downpour_ps::Checkpointing {
+            path: live_path.clone(),
+            every_updates: 2,
+            every: None,
+        });
+    let (stop_live, live_stopped) = tokio::sync::oneshot::channel::<()>();
+    let live_server = tokio::spawn(downpour_ps::serve_service(
+        live,
+        listener,
+        token.clone(),
+        async move {
+            let _ = live_stopped.await;
+        },
+    ));
+    let channel = downpour_proto::transport::connect_with_retry(
+        "parameter server",
+        &address,
+        Duration::from_secs(10),
+        &token,
+    )
+    .await
+    .expect("connect");
+    let mut client =
+        ParameterServerClient::new(downpour_proto::auth::authenticated(channel, &token));
+    let initial = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let init = InitRequest {
+        run_id: "replay".into(),
+        params: encode_f32s(&initial),
+        optimizer: Some(OptimizerConfig {
+            learning_rate: 0.5,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }),
+        worker_batches: vec![100],
+        push_every: 1,
+        ..Default::default()
+    };
+    client.init(init).await.expect("init");
+
+    // Pushes 1 and 2 reach the checkpoint at version 2; a repeat of push 2
+    // reports when it is written.
+    let ones = [1.0f32; 6];
+    client.push(dense_push(1, &ones)).await.expect("push 1");
+    client.push(dense_push(2, &ones)).await.expect("push 2");
+    let mut durable = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reply = client.push(dense_push(2, &ones)).await.expect("repeat");
+        durable = reply.into_inner().durable_sequence;
+        if durable == 2 {
+            break;
+        }
+    }
+    assert_eq!(durable, 2, "the checkpoint at version 2 contains push 2");
+    let saved = dir.path().join("saved.safetensors");
+    std::fs::copy(&live_path, &saved).expect("copy the checkpoint");
+
+    let shards = [PsShard {
+        address: address.clone(),
+        offset: 0,
+        length: initial.len() as u64,
+    }];
+    let mut servers = ParameterServers::connect(
+        &shards,
+        None,
+        initial.len(),
+        100,
+        Duration::from_secs(10),
+        &token,
+    )
+    .await
+    .expect("connect");
+    let mut params = vec![0.0; initial.len()];
+    let applied = servers.pull(0, &mut params).await.expect("pull");
+    assert_eq!(applied, 2);
+    let third = encode_f32s(&[1.0, -1.0]);
+    let fourth = encode_f32s(&[2.0, 2.0]);
+
+    // Push 3 reaches the live server only; then it stops, and a server
+    // restored from the copy at version 2 takes its address.
+    let outcome = servers
+        .push(sparse_gradient(3, &[1, 4], &third), &mut params)
+        .await
+        .expect("push 3");
+    assert!(outcome.applied);
+    assert!(!outcome.resync);
+    stop_live.send(()).expect("live server runs");
+    live_server
+        .await
+        .expect("join")
+        .expect("live server stopped");
+    let restored = downpour_ps::ParameterServerService::new()
+        .with_checkpointing(downpour_ps::Checkpointing {
+            path: dir.path().join("restored.safetensors"),
+            every_updates: 100,
+            every: None,
+        })
+        .restore(&saved)
+        .expect("restore");
+    let listener = TcpListener::bind(&address)
+        .await
+        .expect("bind the same port");
+    tokio::spawn(downpour_ps::serve_service(
+        restored,
+        listener,
+        token.clone(),
+        pending(),
+    ));
+
+    let outcome = servers
+        .push(sparse_gradient(4, &[0, 5], &fourth), &mut params)
+        .await
+        .expect("push 4");
+    assert!(outcome.resync, "the restored server lacked push 3");
+
+    // θ = θ₀ − 0.5·(1 + 1) everywhere, then push 3 and push 4, once each.
+    let mut expected: Vec<f32> = initial.iter().map(|v| v - 1.0).collect();
+    expected[1] -= 0.5;
+    expected[4] += 0.5;
+    expected[0] -= 1.0;
+    expected[5] -= 1.0;
+    let applied = servers.pull(0, &mut params).await.expect("pull");
+    assert_eq!(applied, 4);
+    assert_eq!(params, expected);
 }
