@@ -1,5 +1,6 @@
-//! A sparse push of a real LIBSVM minibatch, split over two parameter
-//! servers on 127.0.0.1 and sent in pieces.
+//! Sparse pushes over gRPC on 127.0.0.1: a real LIBSVM minibatch split
+//! over two parameter servers and sent in pieces, and the replay of sparse
+//! pushes to a server restored from an older checkpoint.
 
 use std::future::pending;
 use std::io::BufReader;
