@@ -7,7 +7,8 @@
 //!    "scale", "checksum"}`, where `dtype` is `"u8"` or `"f32"` and
 //!    `checksum` is the CRC-32 of the payload;
 //! 4. the payload: the features in row-major order (one byte each, or
-//!    little-endian f32), then one little-endian u32 label per row.
+//!    little-endian f32), then one little-endian u32 label per row, or for
+//!    a regression shard (`classes` 0) one little-endian f32 target per row.
 
 use std::path::Path;
 
@@ -66,9 +67,12 @@ struct HeaderVersion {
 /// is written as JSON `null`, and [`decode`] then rejects the shard.
 pub fn encode(dataset: &Dataset) -> Vec<u8> {
     let mut payload = encode_features(&dataset.features);
-    payload.reserve(dataset.labels.len() * 4);
+    payload.reserve(dataset.len() * 4);
     for label in &dataset.labels {
         payload.extend_from_slice(&label.to_le_bytes());
+    }
+    for target in &dataset.targets {
+        payload.extend_from_slice(&target.to_le_bytes());
     }
 
     let (dtype, scale) = match &dataset.features {
@@ -152,11 +156,19 @@ fn decode_with_path(bytes: &[u8], path: Option<&Path>) -> Result<Dataset> {
 
     let (feature_bytes, label_bytes) = payload.split_at(feature_len);
     let features = decode_features(&header, feature_bytes).map_err(invalid)?;
-    let labels = label_bytes
+    let words = label_bytes
         .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Dataset::new(features, labels, header.classes).map_err(|error| invalid(error.to_string()))
+        .map(|c| [c[0], c[1], c[2], c[3]]);
+    let dataset = if header.classes == 0 {
+        Dataset::regression(features, words.map(f32::from_le_bytes).collect())
+    } else {
+        Dataset::new(
+            features,
+            words.map(u32::from_le_bytes).collect(),
+            header.classes,
+        )
+    };
+    dataset.map_err(|error| invalid(error.to_string()))
 }
 
 /// Checks the magic bytes, parses the header and returns it with the bytes

@@ -104,7 +104,11 @@ impl ModelDescription {
 
     /// Returns the width of the last layer: 1 for linear regression, else the classes.
     pub fn outputs(&self) -> usize {
-        if self.is_regression() { 1 } else { self.classes }
+        if self.is_regression() {
+            1
+        } else {
+            self.classes
+        }
     }
 
     /// Serializes the description as pretty-printed JSON.

@@ -26,6 +26,6 @@ pub use description::{ModelDescription, TensorInfo};
 pub use error::ModelError;
 pub use evaluation::Evaluation;
 pub use mlp::Mlp;
-pub use regression::Targets;
+pub use regression::{RegressionObjective, Targets};
 pub use spec::ModelSpec;
 pub use workspace::Workspace;

@@ -95,7 +95,10 @@ impl Mlp {
         gradient: &mut [f32],
         workspace: &mut Workspace,
     ) -> f32 {
-        assert!(!self.is_regression(), "a regression model takes real targets");
+        assert!(
+            !self.is_regression(),
+            "a regression model takes real targets"
+        );
         self.check_batch(params, x, labels);
         assert_eq!(
             gradient.len(),
@@ -129,7 +132,10 @@ impl Mlp {
         labels: &[u32],
         workspace: &mut Workspace,
     ) -> Evaluation {
-        assert!(!self.is_regression(), "a regression model takes real targets");
+        assert!(
+            !self.is_regression(),
+            "a regression model takes real targets"
+        );
         self.check_batch(params, x, labels);
         workspace.prepare(self, 0);
         let chunk_rows = workspace.capacity();
@@ -208,7 +214,12 @@ impl Mlp {
 
     /// Computes the hidden activations and the logits of the rows of `x` into the
     /// workspace, which must hold at least `x.nrows()` rows.
-    pub(crate) fn forward(&self, params: &[f32], x: ArrayView2<'_, f32>, workspace: &mut Workspace) {
+    pub(crate) fn forward(
+        &self,
+        params: &[f32],
+        x: ArrayView2<'_, f32>,
+        workspace: &mut Workspace,
+    ) {
         let rows = x.nrows();
         let hidden_layers = self.layers.len() - 1;
         for (index, layer) in self.layers.iter().enumerate() {

@@ -1,8 +1,9 @@
 //! Linear regression on the mean squared error, and calls that take either kind of
 //! target.
 
-use ndarray::{ArrayView2, Axis, s};
+use ndarray::{Array2, ArrayView2, Axis, s};
 
+use crate::curvature::Objective;
 use crate::{Evaluation, Mlp, Workspace};
 
 /// Targets of a minibatch or evaluation set: class ids for a classifier, real values for
@@ -178,6 +179,38 @@ impl Mlp {
         }
     }
 
+    /// Writes the Hessian-vector product H·`direction` of the mean squared
+    /// error into `product`. The loss is quadratic in θ, so H = (2/n)·AᵀA
+    /// with A = [x 1], and H·v = (2/n)·Aᵀ(A·v), where A·v is the model's
+    /// output at θ = v.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the model is not linear regression, if the batch is empty,
+    /// or if `direction`, `product` or `x` have the wrong length or shape.
+    pub fn squared_error_hessian_vector_product(
+        &self,
+        direction: &[f32],
+        x: ArrayView2<'_, f32>,
+        product: &mut [f32],
+    ) {
+        let rows = x.nrows();
+        self.check_regression_batch(direction, x, &vec![0.0; rows]);
+        assert_eq!(
+            product.len(),
+            self.num_params(),
+            "product length must equal the parameter count"
+        );
+        assert!(rows > 0, "the minibatch must not be empty");
+        let [layer] = self.layers() else {
+            unreachable!("a linear regression has exactly one layer");
+        };
+        let mut output_derivative = Array2::<f32>::zeros((rows, 1));
+        layer.forward(direction, x, output_derivative.view_mut());
+        output_derivative.mapv_inplace(|value| value * 2.0 / rows as f32);
+        layer.backward_parameters(x, output_derivative.view(), product);
+    }
+
     fn check_regression_batch(&self, params: &[f32], x: ArrayView2<'_, f32>, targets: &[f32]) {
         assert!(
             self.is_regression(),
@@ -189,6 +222,34 @@ impl Mlp {
             x.nrows(),
             "targets must have one entry per row of x"
         );
+    }
+}
+
+/// The mean squared error of a fixed minibatch, as the curvature probe
+/// takes it.
+#[derive(Debug)]
+pub struct RegressionObjective<'a> {
+    pub model: &'a Mlp,
+    pub features: ArrayView2<'a, f32>,
+    pub targets: &'a [f32],
+    pub workspace: &'a mut Workspace,
+}
+
+impl Objective for RegressionObjective<'_> {
+    fn loss_and_gradient(&mut self, params: &[f32], gradient: &mut [f32]) -> f64 {
+        let loss = self.model.squared_error_and_gradient(
+            params,
+            self.features,
+            self.targets,
+            gradient,
+            self.workspace,
+        );
+        f64::from(loss)
+    }
+
+    fn hessian_vector_product(&mut self, _params: &[f32], direction: &[f32], product: &mut [f32]) {
+        self.model
+            .squared_error_hessian_vector_product(direction, self.features, product);
     }
 }
 
@@ -241,6 +302,16 @@ mod tests {
         let mut predictions = [0.0f32; 3];
         model.predict_values(&params, x.view(), &mut predictions, &mut workspace);
         assert_eq!(predictions, [1.0, 3.0, 5.0]);
+    }
+
+    #[test]
+    fn hessian_product_by_hand() {
+        let model = linear(1);
+        let x = array![[1.0f32], [3.0]];
+        // H = (2/2)·[[1+9, 1+3], [1+3, 2]] = [[10, 4], [4, 2]].
+        let mut product = [0.0f32; 2];
+        model.squared_error_hessian_vector_product(&[1.0, -1.0], x.view(), &mut product);
+        assert_eq!(product, [6.0, 2.0]);
     }
 
     #[test]

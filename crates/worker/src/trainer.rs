@@ -16,7 +16,6 @@ pub(crate) struct Trainer {
     /// Mean gradient of the last step.
     pub(crate) gradient: Vec<f32>,
     features: Vec<f32>,
-    labels: Vec<u32>,
 }
 
 impl Trainer {
@@ -26,7 +25,6 @@ impl Trainer {
             workspace: Workspace::new(&model, batch_size),
             gradient: vec![0.0; params.len()],
             features: vec![0.0; batch_size * model.inputs()],
-            labels: Vec::with_capacity(batch_size),
             params,
             model,
         }
@@ -46,15 +44,14 @@ impl Trainer {
         }
         let features = &mut self.features[..values];
         shard.copy_rows_f32(rows.clone(), features);
-        self.labels.clear();
-        self.labels.extend_from_slice(&shard.labels[rows.clone()]);
+        let targets = shard.targets_of(rows.clone());
 
         let x = ArrayView2::from_shape((rows.len(), inputs), &*features)
             .expect("the feature buffer has exactly rows × inputs values");
-        self.model.loss_and_gradient(
+        self.model.loss_and_gradient_for(
             &self.params,
             x,
-            &self.labels,
+            targets,
             &mut self.gradient,
             &mut self.workspace,
         )
