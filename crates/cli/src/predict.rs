@@ -85,11 +85,24 @@ fn predict_classes(
 
 fn write_values(sink: Box<dyn Write>, values: &[f32]) -> io::Result<()> {
     let mut writer = csv::Writer::from_writer(sink);
-    writer.write_record(["row", "value"])?;
+    writer
+        .write_record(["row", "value"])
+        .map_err(into_io_error)?;
     for (row, value) in values.iter().enumerate() {
-        writer.write_record([row.to_string(), value.to_string()])?;
+        writer
+            .write_record([row.to_string(), value.to_string()])
+            .map_err(into_io_error)?;
     }
     writer.flush()
+}
+
+/// Unwraps the I/O error inside a CSV write error, so that a closed pipe
+/// keeps its kind and is not reported as a failure.
+fn into_io_error(error: csv::Error) -> io::Error {
+    match error.into_kind() {
+        csv::ErrorKind::Io(error) => error,
+        other => io::Error::other(format!("{other:?}")),
+    }
 }
 
 fn write_predictions(
@@ -100,7 +113,7 @@ fn write_predictions(
     let mut writer = csv::Writer::from_writer(sink);
     let mut header = vec!["row".to_owned(), "class".to_owned(), "label".to_owned()];
     header.extend(classes.names.iter().map(|name| format!("p_{name}")));
-    writer.write_record(&header)?;
+    writer.write_record(&header).map_err(into_io_error)?;
     for (row, probabilities) in probabilities.rows().into_iter().enumerate() {
         let (class, _) =
             probabilities
@@ -115,7 +128,7 @@ fn write_predictions(
             classes.names[class].clone(),
         ];
         record.extend(probabilities.iter().map(f32::to_string));
-        writer.write_record(&record)?;
+        writer.write_record(&record).map_err(into_io_error)?;
     }
     writer.flush()
 }
