@@ -2,8 +2,8 @@
 
 Usage: python_interop.py CHECKPOINT PREDICTIONS_CSV DATA [COUNT]
 
-Loads the checkpoint with the safetensors package, scales the features as
-the checkpoint's `downpour.scaling` metadata says, runs the forward pass in
+Loads the checkpoint with the safetensors package, scales the features with
+the checkpoint's `downpour.scaling` metadata, runs the forward pass in
 NumPy on the first COUNT examples (20 by default), and compares the result
 with the rows `downpour predict` wrote. For a classifier DATA is an MNIST
 folder, whose test images are read, and the classes and class

@@ -425,8 +425,8 @@ async fn linear_regression_recovers_weights() {
     let noise = NOISE_STD * NOISE_STD;
     let best_mse = summary.best_validation_mse.expect("a validation MSE");
     let test_mse = summary.test_mse.expect("a test MSE");
-    // The MSE of the true relation is the noise variance, 0.01; a fit from
-    // 3,200 rows comes within a few percent of it.
+    // The MSE of the true relation is the noise variance, 0.01. A fit from
+    // 3,200 training rows comes within a few percent of it.
     assert!(best_mse < 1.3 * noise, "validation MSE {best_mse}");
     assert!(best_mse > 0.7 * noise, "validation MSE {best_mse}");
     assert!(test_mse < 1.3 * noise, "test MSE {test_mse}");
@@ -565,6 +565,7 @@ fn train_reports_bad_regression_targets() {
     let npy_labels = dir.path().join("y_train.npy");
     write_npy_f32(&npy_features, &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
     write_npy_f32(&npy_labels, &[0.5, f32::NAN], &[2]);
+
     let cases: Vec<(Vec<&str>, String)> = vec![
         (
             vec!["--data", csv.to_str().unwrap(), "--model", "linear"],

@@ -15,11 +15,12 @@ use ndarray::Array2;
 use crate::args::{PredictArgs, Split};
 use crate::eval_data::checkpoint_classes;
 
-/// Writes one CSV row per example: its row number from 0, then for a
-/// classifier the predicted class id, that class's label text, and the
-/// probability of each class in columns named `p_<label>`, or for linear
-/// regression the predicted value in a column named `value`. Features are
-/// scaled as the checkpoint's metadata says.
+/// Writes one CSV row per example, starting with its row number from 0. A
+/// classifier's row goes on with the predicted class id, that class's label
+/// text, and the probability of each class in columns named `p_<label>`. A
+/// linear regression's row goes on with the predicted value in a column
+/// named `value`. Features are scaled with the scaling in the checkpoint's
+/// metadata.
 ///
 /// # Errors
 ///

@@ -81,7 +81,7 @@ pub struct PreparedRun {
 }
 
 impl PreparedRun {
-    /// The classes and scaling that checkpoints of this run carry.
+    /// Returns the classes and scaling that checkpoints of this run carry.
     pub fn run_metadata(&self) -> RunMetadata {
         RunMetadata {
             classes: (!self.description.is_regression()).then(|| self.splits.classes.clone()),

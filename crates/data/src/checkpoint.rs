@@ -7,7 +7,7 @@
 //! The description is stored twice: as JSON in the safetensors metadata under
 //! [`METADATA_KEY`], and as [`DESCRIPTION_FILE`] in the same folder.
 //!
-//! The metadata also holds what `predict` and `eval` need to read new data
+//! The metadata also contains what `predict` and `eval` need to read new data
 //! the way the run read its own: the task under [`TASK_KEY`]
 //! (`classification` or `regression`), the class names in class-id order as
 //! a JSON array under [`CLASSES_KEY`] (classifiers only), and the fitted
@@ -25,7 +25,7 @@ use crate::atomic::write_atomic;
 use crate::error::{DataError, Result, describe_io};
 use crate::scaling::Scaling;
 
-/// How the run read its data, stored in the checkpoint's metadata besides
+/// Settings of the run's data, stored in the checkpoint's metadata besides
 /// the model description.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunMetadata {

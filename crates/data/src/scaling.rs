@@ -18,7 +18,7 @@ use crate::dataset::{Dataset, Features};
 /// Rows converted to f32 at a time while fitting.
 const FIT_CHUNK_ROWS: usize = 1024;
 
-/// How features are scaled.
+/// Feature scaling method, as `--scale` names it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScaleMethod {
