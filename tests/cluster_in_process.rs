@@ -197,7 +197,7 @@ async fn three_workers_train_mnist_subset() {
         .iter()
         .map(|e| e["validation_error"].as_f64().unwrap())
         .fold(f64::INFINITY, f64::min);
-    assert_eq!(best_in_log, summary.best_validation_error);
+    assert_eq!(Some(best_in_log), summary.best_validation_error);
     for key in [
         "epoch",
         "updates",

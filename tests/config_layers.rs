@@ -27,6 +27,8 @@ fn layer_values(key: &str) -> Option<[&'static str; 3]> {
         "eval_every" => ["10", "20", "30"],
         "patience" => ["1", "2", "3"],
         "target_accuracy" => ["0.9", "0.95", "0.97"],
+        "target_mse" => ["0.1", "0.2", "0.3"],
+        "scale" => ["\"standardize\"", "minmax", "none"],
         "max_epochs" => ["1", "2", "3"],
         "validation_size" => ["100", "200", "300"],
         "batches_per_work" => ["1", "2", "3"],

@@ -172,7 +172,7 @@ async fn cluster_metrics_match_summary() {
             "downpour_coordinator_best_validation_error_ratio",
             &coordinator
         ),
-        summary.best_validation_error
+        summary.best_validation_error.unwrap()
     );
     assert!(
         sample(

@@ -12,8 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use downpour_coordinator::{CoordinatorConfig, RunSummary, prepare};
+use downpour_data::checkpoint;
 use downpour_data::formats::{Format, LabelColumn};
 use downpour_data::mnist;
+use downpour_data::scaling::ScaleMethod;
 use downpour_model::ModelSpec;
 use downpour_proto::auth::ClusterToken;
 use downpour_worker::WorkerConfig;
@@ -390,4 +392,282 @@ fn train_reports_bad_user_data() {
     for (args, expected) in cases {
         assert_eq!(train_error(dir.path(), &args), expected, "{args:?}");
     }
+}
+
+/// True weights, bias and per-feature spread of the generated regression
+/// data: y = w·x + b + ε with ε ~ N(0, NOISE_STD²), and feature j drawn as
+/// CENTERS[j] + SPREADS[j]·N(0, 1).
+const TRUE_WEIGHTS: [f64; 4] = [2.0, -0.5, 0.03, 8.0];
+const TRUE_BIAS: f64 = 1.5;
+const CENTERS: [f64; 4] = [0.0, 10.0, -50.0, 0.5];
+const SPREADS: [f64; 4] = [1.0, 4.0, 30.0, 0.2];
+const NOISE_STD: f64 = 0.1;
+
+/// SplitMix64 with Box–Muller normals, so the data needs no random crate
+/// and is the same on every machine.
+struct Normals(u64);
+
+impl Normals {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // 53 random bits in (0, 1].
+        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// Writes `rows` examples of the linear relation as CSV with a header and
+/// the target last, each feature shifted by `shift`, and returns the rows.
+fn write_regression_csv(path: &Path, rows: usize, seed: u64, shift: f64) -> Vec<[f64; 4]> {
+    let mut normals = Normals(seed);
+    let mut text = String::from("x0,x1,x2,x3,y\n");
+    let mut features = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let x: [f64; 4] =
+            std::array::from_fn(|j| CENTERS[j] + SPREADS[j] * normals.normal() + shift);
+        let y = TRUE_BIAS
+            + x.iter().zip(TRUE_WEIGHTS).map(|(x, w)| x * w).sum::<f64>()
+            + NOISE_STD * normals.normal();
+        writeln!(text, "{},{},{},{},{y}", x[0], x[1], x[2], x[3]).unwrap();
+        features.push(x);
+    }
+    std::fs::write(path, text).unwrap();
+    features
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linear_regression_recovers_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("linear.csv");
+    write_regression_csv(&data, 4000, 11, 0.0);
+    let summary = train(&data, &dir.path().join("run"), 2, |config| {
+        config.model = ModelSpec::Linear;
+        config.scale = ScaleMethod::Standardize;
+        config.learning_rate = 0.01;
+        config.patience = 10;
+    })
+    .await;
+
+    assert_eq!(summary.task, "regression");
+    assert!(summary.splits.classes.is_empty());
+    assert_eq!(summary.test_accuracy, None);
+    assert_eq!(summary.best_validation_error, None);
+    let noise = NOISE_STD * NOISE_STD;
+    let best_mse = summary.best_validation_mse.expect("a validation MSE");
+    let test_mse = summary.test_mse.expect("a test MSE");
+    // The MSE of the true relation is the noise variance, 0.01. A fit from
+    // 3,200 training rows comes within a few percent of it.
+    assert!(best_mse < 1.3 * noise, "validation MSE {best_mse}");
+    assert!(best_mse > 0.7 * noise, "validation MSE {best_mse}");
+    assert!(test_mse < 1.3 * noise, "test MSE {test_mse}");
+
+    // Undo the standardization to get the weights of the raw features.
+    let checkpoint = dir.path().join("run/best.safetensors");
+    let (description, params, metadata) = checkpoint::load_with_metadata(&checkpoint).unwrap();
+    assert_eq!(description.spec, "linear");
+    let scaling = metadata.scaling.expect("scaling in the metadata");
+    assert_eq!(scaling.method, ScaleMethod::Standardize);
+    let mut bias = f64::from(params[4]);
+    for j in 0..4 {
+        let weight = f64::from(params[j]) / f64::from(scaling.divisor[j]);
+        bias -= weight * f64::from(scaling.offset[j]);
+        // Tolerance in target units per standard deviation of the feature:
+        // 0.02, a fifth of the noise standard deviation.
+        let error = (weight - TRUE_WEIGHTS[j]).abs() * SPREADS[j];
+        assert!(error < 0.02, "weight {j}: {weight} vs {}", TRUE_WEIGHTS[j]);
+    }
+    assert!((bias - TRUE_BIAS).abs() < 0.05, "bias {bias}");
+
+    // `eval` and `predict` read the scaling from the checkpoint.
+    let eval = run_binary(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+    assert_eq!(eval["examples"], 4000);
+    let eval_mse = eval["mse"].as_f64().unwrap();
+    assert!(eval_mse < 1.3 * noise, "eval MSE {eval_mse}");
+
+    let predictions = run_binary(&[
+        "predict",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let mut lines = predictions.lines();
+    assert_eq!(lines.next(), Some("row,value"));
+    let targets: Vec<f64> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    let mut squared = 0.0;
+    for (line, target) in lines.zip(&targets) {
+        let value: f64 = line.split(',').nth(1).unwrap().parse().unwrap();
+        squared += (value - target) * (value - target);
+    }
+    let predict_mse = squared / targets.len() as f64;
+    assert!(
+        (predict_mse - eval_mse).abs() < 1e-6,
+        "predict MSE {predict_mse}, eval MSE {eval_mse}"
+    );
+}
+
+#[test]
+fn scaling_ignores_held_out_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_file = dir.path().join("train.csv");
+    let validation_file = dir.path().join("validation.csv");
+    let test_file = dir.path().join("test.csv");
+    let train_rows = write_regression_csv(&train_file, 300, 1, 0.0);
+    // Held-out rows shifted far away would move any statistic they entered.
+    write_regression_csv(&validation_file, 100, 2, 1000.0);
+    write_regression_csv(&test_file, 100, 3, -1000.0);
+    for method in [ScaleMethod::Standardize, ScaleMethod::Minmax] {
+        let config = CoordinatorConfig {
+            data: train_file.clone(),
+            model: ModelSpec::Linear,
+            scale: method,
+            ..CoordinatorConfig::with_defaults(
+                dir.path().join(format!("run-{method}")),
+                vec!["127.0.0.1:1".to_owned()],
+            )
+        };
+        let mut config = config;
+        config.input.validation_data = Some(validation_file.clone());
+        config.input.test_data = Some(test_file.clone());
+        let prepared = prepare(config).unwrap();
+        let scaling = prepared.scaling.clone().expect("fitted scaling");
+        assert_eq!(prepared.train_examples, 300);
+        for j in 0..4 {
+            let column: Vec<f64> = train_rows
+                .iter()
+                .map(|row| f64::from(row[j] as f32))
+                .collect();
+            let (offset, divisor) = match method {
+                ScaleMethod::Minmax => {
+                    let min = column.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = column.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    (min, max - min)
+                }
+                _ => {
+                    let mean = column.iter().sum::<f64>() / 300.0;
+                    let variance =
+                        column.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 300.0;
+                    (mean, variance.sqrt())
+                }
+            };
+            let tolerance = 1e-5 * (1.0 + offset.abs());
+            let fitted = f64::from(scaling.offset[j]);
+            assert!(
+                (fitted - offset).abs() < tolerance,
+                "{method} offset {j}: {fitted} vs {offset}"
+            );
+            let fitted = f64::from(scaling.divisor[j]);
+            assert!(
+                (fitted - divisor).abs() < 1e-5 * divisor,
+                "{method} divisor {j}: {fitted} vs {divisor}"
+            );
+        }
+        // The validation split is scaled with the training statistics, so
+        // its shift of 1000 shows as 1000 / divisor.
+        let first = prepared.validation.features.column(0);
+        let mean = first.iter().map(|&x| f64::from(x)).sum::<f64>() / first.len() as f64;
+        let expected_shift = 1000.0 / f64::from(scaling.divisor[0]);
+        assert!(
+            mean > 0.9 * expected_shift,
+            "{method} validation mean {mean}"
+        );
+    }
+}
+
+#[test]
+fn train_reports_bad_regression_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("targets.csv");
+    std::fs::write(&csv, "a,b,y\n1,2,0.5\n3,4,high\n").unwrap();
+    let npy_features = dir.path().join("X_train.npy");
+    let npy_labels = dir.path().join("y_train.npy");
+    write_npy_f32(&npy_features, &[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    write_npy_f32(&npy_labels, &[0.5, f32::NAN], &[2]);
+
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["--data", csv.to_str().unwrap(), "--model", "linear"],
+            format!(
+                "error: {}: line 3, column 3: regression target \"high\" is not a finite \
+                 number; a linear model needs a numeric target in every row (fix or drop the \
+                 row, or train a classifier such as --model softmax)",
+                csv.display()
+            ),
+        ),
+        (
+            vec!["--model", "linear"],
+            format!(
+                "error: {}: IDX files hold class labels, so they cannot train a linear \
+                 regression; use a CSV, LIBSVM or NumPy file with real targets, or a classifier \
+                 such as --model softmax",
+                "data/mnist"
+            ),
+        ),
+        (
+            vec!["--data", csv.to_str().unwrap(), "--scale", "zscore"],
+            "error: invalid value 'zscore' for '--scale <SCALE>': unknown scaling \"zscore\"; \
+             expected none, standardize or minmax"
+                .to_owned(),
+        ),
+        (
+            vec![
+                "--data",
+                csv.to_str().unwrap(),
+                "--model",
+                "linear",
+                "--target-accuracy",
+                "0.9",
+            ],
+            "error: --target-accuracy applies to classifiers, but --model linear is a \
+             regression; use --target-mse"
+                .to_owned(),
+        ),
+    ];
+    for (args, expected) in cases {
+        assert_eq!(train_error(dir.path(), &args), expected, "{args:?}");
+    }
+    // The NumPy reader rejects a NaN label for either task.
+    let args = [
+        "--data",
+        npy_features.to_str().unwrap(),
+        "--model",
+        "linear",
+    ];
+    let error = train_error(dir.path(), &args);
+    assert!(error.contains(npy_labels.to_str().unwrap()), "{error}");
+    assert!(error.contains("row 1 is not a finite number"), "{error}");
+}
+
+fn write_npy_f32(path: &Path, values: &[f32], shape: &[u64]) {
+    use npyz::WriterBuilder;
+    let mut bytes = Vec::new();
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(&mut bytes)
+        .begin_nd()
+        .unwrap();
+    writer.extend(values.iter().copied()).unwrap();
+    writer.finish().unwrap();
+    std::fs::write(path, bytes).unwrap();
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use downpour_coordinator::{CoordinatorConfig, defaults};
+use downpour_data::scaling::ScaleMethod;
 use downpour_model::ModelSpec;
 use downpour_proto::auth::{ClusterToken, Tls, TokenError};
 use downpour_ps::{Compensation, Consistency};
@@ -92,8 +93,9 @@ pub struct TrainingArgs {
     pub read: ReadArgs,
     #[command(flatten)]
     pub splits: SplitArgs,
-    /// Model: `softmax`, or `mlp:H1,H2,...` for an MLP with ReLU hidden
-    /// layers of those sizes.
+    /// Model: `linear` (linear regression on the mean squared error, for
+    /// real-valued labels), `softmax`, or `mlp:H1,H2,...` for an MLP with
+    /// ReLU hidden layers of those sizes.
     #[arg(long, default_value = defaults::MODEL, value_parser = parse_model)]
     pub model: ModelSpec,
     /// Number of shards, and of workers the run waits for.
@@ -125,6 +127,17 @@ pub struct TrainingArgs {
     /// as 0.975 [default: train until early stopping or --max-epochs].
     #[arg(long)]
     pub target_accuracy: Option<f64>,
+    /// Stop as soon as the validation mean squared error falls to this value
+    /// or below, for --model linear [default: train until early stopping or
+    /// --max-epochs].
+    #[arg(long)]
+    pub target_mse: Option<f64>,
+    /// Feature scaling, fitted on the training split and saved in the
+    /// checkpoint: `none`, `standardize` (zero mean, unit variance) or
+    /// `minmax` (0 to 1). A feature constant on the training split is only
+    /// shifted, to 0.
+    #[arg(long, default_value = "none", value_parser = parse_scale)]
+    pub scale: ScaleMethod,
     /// Upper bound on training epochs.
     #[arg(long, default_value_t = defaults::MAX_EPOCHS)]
     pub max_epochs: u32,
@@ -418,6 +431,10 @@ fn parse_model(text: &str) -> Result<ModelSpec, String> {
     text.parse().map_err(|error| format!("{error}"))
 }
 
+fn parse_scale(text: &str) -> Result<ScaleMethod, String> {
+    text.parse()
+}
+
 fn parse_consistency(text: &str) -> Result<Consistency, String> {
     text.parse().map_err(|error| format!("{error}"))
 }
@@ -438,6 +455,8 @@ impl TrainingArgs {
             eval_every: self.eval_every,
             patience: self.patience,
             target_accuracy: self.target_accuracy,
+            target_mse: self.target_mse,
+            scale: self.scale,
             max_epochs: self.max_epochs,
             validation_size: self.validation_size,
             run_dir,

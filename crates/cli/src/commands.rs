@@ -95,12 +95,26 @@ async fn prepare_run(
 }
 
 fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
-    let accuracy = summary
-        .test_accuracy
-        .map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}"));
+    let figures = match summary.best_validation_mse {
+        Some(best_mse) => {
+            let test_mse = summary
+                .test_mse
+                .map_or_else(|| "n/a".to_owned(), |mse| format!("{mse:.4}"));
+            format!("test mse {test_mse} | best validation mse {best_mse:.4}")
+        }
+        None => {
+            let accuracy = summary
+                .test_accuracy
+                .map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}"));
+            let best_error = summary.best_validation_error.unwrap_or(f64::NAN);
+            format!(
+                "test accuracy {accuracy} | best validation error {:.2}%",
+                100.0 * best_error
+            )
+        }
+    };
     println!(
-        "test accuracy {accuracy} | best validation error {:.2}% | {:.2} epochs | {} updates | stopped by {} | {:.1} s | {:.0} examples/s",
-        100.0 * summary.best_validation_error,
+        "{figures} | {:.2} epochs | {} updates | stopped by {} | {:.1} s | {:.0} examples/s",
         summary.epochs,
         summary.updates,
         summary.stop_reason.replace('_', " "),
@@ -336,17 +350,23 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn evaluate_checkpoint(args: &EvalArgs) -> anyhow::Result<String> {
-    let (description, params) = checkpoint::load(&args.checkpoint)?;
+    let (description, params, metadata) = checkpoint::load_with_metadata(&args.checkpoint)?;
     let model = Mlp::new(&description)
         .with_context(|| format!("{}: invalid model description", args.checkpoint.display()))?;
-    let dataset = crate::eval_data::load_eval_data(args, model.inputs())?;
-    if dataset.num_features() != model.inputs() {
-        bail!(
-            "{}: examples have {} features, but the checkpoint's model expects {}",
-            args.data.display(),
-            dataset.num_features(),
-            model.inputs()
-        );
+    let dataset = crate::eval_data::load_eval_data(args, &description, &metadata)?;
+    if model.is_regression() {
+        let features = dataset.to_f32();
+        let mut workspace = Workspace::new(&model, 1000);
+        let pass =
+            model.evaluate_regression(&params, features.view(), &dataset.targets, &mut workspace);
+        let report = serde_json::json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "data": args.data.display().to_string(),
+            "examples": pass.examples,
+            "mse": pass.mean_loss(),
+            "rmse": pass.mean_loss().sqrt(),
+        });
+        return Ok(serde_json::to_string_pretty(&report)?);
     }
     if dataset.classes > model.classes() {
         bail!(

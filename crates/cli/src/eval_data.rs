@@ -3,25 +3,62 @@
 use std::path::Path;
 
 use anyhow::Context;
+use downpour_data::checkpoint::RunMetadata;
 use downpour_data::formats::{ClassMap, Format, read_table};
 use downpour_data::{Dataset, mnist};
+use downpour_model::ModelDescription;
 
 use crate::args::{EvalArgs, Split};
 
-/// Loads the data `eval` scores for a model with `inputs` features. Labels
-/// of CSV, LIBSVM and NumPy files become class ids through the class list
-/// in the `summary.json` beside the checkpoint.
+/// Loads the data `eval` scores for the checkpoint's model, and applies the
+/// scaling stored in the checkpoint. For linear regression the labels of
+/// CSV, LIBSVM and NumPy files are real targets. For a classifier they
+/// become class ids through the class list in the checkpoint's metadata,
+/// or in the `summary.json` beside a checkpoint without one.
 ///
 /// # Errors
 ///
 /// Fails on unreadable or malformed data, on a label that is not one of the
-/// run's classes, and when no run summary lists the classes.
-pub(crate) fn load_eval_data(args: &EvalArgs, inputs: usize) -> anyhow::Result<Dataset> {
+/// run's classes or not a number for regression, and when no class list is
+/// found.
+pub(crate) fn load_eval_data(
+    args: &EvalArgs,
+    description: &ModelDescription,
+    metadata: &RunMetadata,
+) -> anyhow::Result<Dataset> {
+    let dataset = read_eval_data(args, description, metadata)?;
+    if dataset.num_features() != description.inputs {
+        anyhow::bail!(
+            "{}: examples have {} features, but the checkpoint's model expects {}",
+            args.data.display(),
+            dataset.num_features(),
+            description.inputs
+        );
+    }
+    Ok(match &metadata.scaling {
+        Some(scaling) => scaling.apply(dataset),
+        None => dataset,
+    })
+}
+
+fn read_eval_data(
+    args: &EvalArgs,
+    description: &ModelDescription,
+    metadata: &RunMetadata,
+) -> anyhow::Result<Dataset> {
+    let inputs = description.inputs;
     let (format, read) = args.read.read_options();
     let format = match format {
         Some(format) => format,
         None => Format::from_path(&args.data)?,
     };
+    if format == Format::Idx && description.is_regression() {
+        anyhow::bail!(
+            "{}: IDX files hold class labels, but {} is a linear regression; score it on a CSV, LIBSVM or NumPy file with real targets",
+            args.data.display(),
+            args.checkpoint.display()
+        );
+    }
     if format == Format::Idx {
         let splits = mnist::load(&args.data)?;
         return Ok(match (args.split, splits.test) {
@@ -29,9 +66,26 @@ pub(crate) fn load_eval_data(args: &EvalArgs, inputs: usize) -> anyhow::Result<D
             (Split::Test, None) | (Split::Train, _) => splits.train,
         });
     }
-    let classes = run_classes(&args.checkpoint)?;
     let table = read_table(&args.data, format, &read)?;
+    if description.is_regression() {
+        return Ok(table.to_regression_dataset(inputs)?);
+    }
+    let classes = checkpoint_classes(&args.checkpoint, metadata)?;
     Ok(table.to_dataset(&classes, inputs)?)
+}
+
+/// Returns the class names of a checkpoint: from its metadata, or from the
+/// run summary beside a checkpoint written before the metadata held them.
+pub(crate) fn checkpoint_classes(
+    checkpoint: &Path,
+    metadata: &RunMetadata,
+) -> anyhow::Result<ClassMap> {
+    match &metadata.classes {
+        Some(names) => Ok(ClassMap {
+            names: names.clone(),
+        }),
+        None => run_classes(checkpoint),
+    }
 }
 
 /// Reads the class names from the run summary next to a checkpoint.

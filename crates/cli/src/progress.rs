@@ -163,12 +163,22 @@ fn show(bar: &ProgressBar, pass: &LatestPass, max_epochs: u32) {
 
 /// Formats the bar's message for one validation pass.
 fn progress_message(pass: &LatestPass, max_epochs: u32) -> String {
+    if pass.regression {
+        return format!(
+            "epoch {:.2}/{max_epochs} | updates {} | val mse {:.4} (best {:.4}) | {:.0} examples/s",
+            pass.epoch,
+            pass.updates,
+            pass.validation_metric,
+            pass.best_validation_metric,
+            pass.examples_per_second,
+        );
+    }
     format!(
         "epoch {:.2}/{max_epochs} | updates {} | val error {:.2}% (best {:.2}%) | {:.0} examples/s",
         pass.epoch,
         pass.updates,
-        100.0 * pass.validation_error,
-        100.0 * pass.best_validation_error,
+        100.0 * pass.validation_metric,
+        100.0 * pass.best_validation_metric,
         pass.examples_per_second,
     )
 }
@@ -183,13 +193,31 @@ mod tests {
             evaluations: 12,
             epoch: 3.214,
             updates: 2400,
-            validation_error: 0.0231,
-            best_validation_error: 0.021,
+            validation_metric: 0.0231,
+            best_validation_metric: 0.021,
+            regression: false,
             examples_per_second: 15912.4,
         };
         assert_eq!(
             progress_message(&pass, 50),
             "epoch 3.21/50 | updates 2400 | val error 2.31% (best 2.10%) | 15912 examples/s"
+        );
+    }
+
+    #[test]
+    fn message_shows_regression_mse() {
+        let pass = LatestPass {
+            evaluations: 3,
+            epoch: 1.5,
+            updates: 90,
+            validation_metric: 0.2512,
+            best_validation_metric: 0.25,
+            regression: true,
+            examples_per_second: 1000.0,
+        };
+        assert_eq!(
+            progress_message(&pass, 20),
+            "epoch 1.50/20 | updates 90 | val mse 0.2512 (best 0.2500) | 1000 examples/s"
         );
     }
 }

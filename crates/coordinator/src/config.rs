@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use downpour_data::formats::InputOptions;
+use downpour_data::scaling::ScaleMethod;
 use downpour_model::ModelSpec;
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES};
 use downpour_ps::{Compensation, Consistency};
@@ -57,8 +58,14 @@ pub struct CoordinatorConfig {
     pub eval_every: u64,
     /// Validation passes without improvement before training stops.
     pub patience: u32,
-    /// Stop as soon as the validation accuracy reaches this fraction.
+    /// Stop as soon as the validation accuracy reaches this fraction
+    /// (classifiers only).
     pub target_accuracy: Option<f64>,
+    /// Stop as soon as the validation mean squared error falls to this
+    /// value or below (linear regression only).
+    pub target_mse: Option<f64>,
+    /// Feature scaling fitted on the training split.
+    pub scale: ScaleMethod,
     pub max_epochs: u32,
     /// Examples held out from the end of an IDX training file for
     /// validation, when neither a validation file nor a fraction is given.
@@ -140,6 +147,16 @@ pub enum ConfigError {
     ShortLease(f64),
     #[error("--target-accuracy must be in (0, 1], got {0}")]
     InvalidTargetAccuracy(f64),
+    #[error("--target-mse must be a positive number, got {0}")]
+    InvalidTargetMse(f64),
+    #[error(
+        "--target-accuracy applies to classifiers, but --model linear is a regression; use --target-mse"
+    )]
+    TargetAccuracyWithRegression,
+    #[error(
+        "--target-mse applies to --model linear, but --model {0} is a classifier; use --target-accuracy"
+    )]
+    TargetMseWithClassifier(String),
     #[error(
         "--staleness-scaling and --dc-lambda have no effect with --consistency sync, where every push has staleness 0; drop them or choose async or bounded:S"
     )]
@@ -171,6 +188,8 @@ impl CoordinatorConfig {
             eval_every: defaults::EVAL_EVERY,
             patience: defaults::PATIENCE,
             target_accuracy: None,
+            target_mse: None,
+            scale: ScaleMethod::None,
             max_epochs: defaults::MAX_EPOCHS,
             validation_size: defaults::VALIDATION_SIZE,
             run_dir,
@@ -260,6 +279,22 @@ impl CoordinatorConfig {
             && !(target > 0.0 && target <= 1.0)
         {
             return Err(ConfigError::InvalidTargetAccuracy(target));
+        }
+        if let Some(target) = self.target_mse
+            && !(target.is_finite() && target > 0.0)
+        {
+            return Err(ConfigError::InvalidTargetMse(target));
+        }
+        match (
+            self.model.is_regression(),
+            self.target_accuracy,
+            self.target_mse,
+        ) {
+            (true, Some(_), _) => return Err(ConfigError::TargetAccuracyWithRegression),
+            (false, _, Some(_)) => {
+                return Err(ConfigError::TargetMseWithClassifier(self.model.to_string()));
+            }
+            _ => {}
         }
         let lambda = self.compensation.dc_lambda;
         if !(lambda.is_finite() && lambda >= 0.0) {

@@ -8,7 +8,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use downpour_model::{CurvatureProbe, MinibatchObjective, Mlp, Workspace, probe_curvature};
+use downpour_model::{
+    CurvatureProbe, MinibatchObjective, Mlp, RegressionObjective, Workspace, probe_curvature,
+};
 use downpour_proto::v1::PushRecord;
 use ndarray::{Array2, s};
 use serde::Serialize;
@@ -229,6 +231,8 @@ pub(crate) struct CurvatureSet {
     workspace: Workspace,
     features: Array2<f32>,
     labels: Vec<u32>,
+    /// Regression targets; empty for a classifier.
+    targets: Vec<f32>,
     learning_rate: f64,
     weight_decay: f64,
 }
@@ -249,7 +253,8 @@ impl CurvatureSet {
             workspace: Workspace::new(model, rows),
             model: model.clone(),
             features: validation.features.slice(s![..rows, ..]).to_owned(),
-            labels: validation.labels[..rows].to_vec(),
+            labels: validation.labels[..rows.min(validation.labels.len())].to_vec(),
+            targets: validation.targets[..rows.min(validation.targets.len())].to_vec(),
             learning_rate: effective_learning_rate(learning_rate, momentum),
             weight_decay: f64::from(weight_decay),
         }
@@ -270,11 +275,26 @@ impl CurvatureSet {
                 workspace,
                 features,
                 labels,
+                targets,
                 learning_rate,
                 weight_decay,
             } = &mut *guard;
-            if labels.is_empty() {
+            if features.nrows() == 0 {
                 return None;
+            }
+            if !targets.is_empty() {
+                let mut objective = RegressionObjective {
+                    model,
+                    features: features.view(),
+                    targets,
+                    workspace,
+                };
+                return Some(probe_curvature(
+                    &params,
+                    *learning_rate,
+                    *weight_decay,
+                    &mut objective,
+                ));
             }
             let mut objective = MinibatchObjective {
                 model,

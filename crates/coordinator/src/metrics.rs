@@ -1,6 +1,9 @@
 //! The coordinator's Prometheus metrics: the figures of the latest
 //! validation pass, and the latencies of the RPCs it serves.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use downpour_metrics::RpcTimer;
 use downpour_metrics::prometheus::{Gauge, IntCounter, Registry};
 
@@ -22,8 +25,13 @@ pub struct LatestPass {
     pub evaluations: u64,
     pub epoch: f64,
     pub updates: u64,
-    pub validation_error: f64,
-    pub best_validation_error: f64,
+    /// 0-1 error of a classifier, or the mean squared error of linear
+    /// regression.
+    pub validation_metric: f64,
+    /// Lowest `validation_metric` so far.
+    pub best_validation_metric: f64,
+    /// Whether the metric is the mean squared error.
+    pub regression: bool,
     /// Training examples per second between the last two passes.
     pub examples_per_second: f64,
 }
@@ -38,6 +46,10 @@ pub struct CoordinatorMetrics {
     validation_error: Gauge,
     validation_loss: Gauge,
     best_validation_error: Gauge,
+    validation_mse: Gauge,
+    best_validation_mse: Gauge,
+    /// Set once a regression pass is observed.
+    regression: Arc<AtomicBool>,
     examples_per_second: Gauge,
     mean_staleness: Gauge,
     pub(crate) rpc: RpcTimer,
@@ -94,12 +106,22 @@ impl CoordinatorMetrics {
             )?,
             validation_loss: gauge(
                 "downpour_coordinator_validation_loss",
-                "Mean cross-entropy of the last validation pass.",
+                "Mean cross-entropy of the last validation pass, or its mean squared error \
+                 for a linear regression.",
             )?,
             best_validation_error: gauge(
                 "downpour_coordinator_best_validation_error_ratio",
                 "Lowest 0-1 validation error so far, as a fraction.",
             )?,
+            validation_mse: gauge(
+                "downpour_coordinator_validation_mse",
+                "Mean squared error of the last validation pass of a linear regression.",
+            )?,
+            best_validation_mse: gauge(
+                "downpour_coordinator_best_validation_mse",
+                "Lowest validation mean squared error so far of a linear regression.",
+            )?,
+            regression: Arc::new(AtomicBool::new(false)),
             examples_per_second: gauge(
                 "downpour_coordinator_examples_per_second",
                 "Training examples per second of the whole cluster between the last two \
@@ -118,12 +140,18 @@ impl CoordinatorMetrics {
     /// the first one.
     pub fn latest(&self) -> Option<LatestPass> {
         let evaluations = self.evaluations.get();
+        let regression = self.regression.load(Ordering::Relaxed);
+        let (metric, best) = match regression {
+            true => (&self.validation_mse, &self.best_validation_mse),
+            false => (&self.validation_error, &self.best_validation_error),
+        };
         (evaluations > 0).then(|| LatestPass {
             evaluations,
             epoch: self.epoch.get(),
             updates: self.updates.get() as u64,
-            validation_error: self.validation_error.get(),
-            best_validation_error: self.best_validation_error.get(),
+            validation_metric: metric.get(),
+            best_validation_metric: best.get(),
+            regression,
             examples_per_second: self.examples_per_second.get(),
         })
     }
@@ -137,9 +165,20 @@ impl CoordinatorMetrics {
         if let Some(loss) = event.train_loss {
             self.train_loss.set(loss);
         }
-        self.validation_error.set(event.validation_error);
+        let figures = [
+            (&self.validation_error, event.validation_error),
+            (&self.best_validation_error, event.best_validation_error),
+            (&self.validation_mse, event.validation_mse),
+            (&self.best_validation_mse, event.best_validation_mse),
+        ];
+        for (gauge, value) in figures {
+            if let Some(value) = value {
+                gauge.set(value);
+            }
+        }
+        self.regression
+            .store(event.validation_mse.is_some(), Ordering::Relaxed);
         self.validation_loss.set(event.validation_loss);
-        self.best_validation_error.set(event.best_validation_error);
         self.examples_per_second.set(event.examples_per_second);
         if let Some(staleness) = event.mean_staleness {
             self.mean_staleness.set(staleness);

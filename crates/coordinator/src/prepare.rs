@@ -4,9 +4,11 @@
 use std::ops::Range;
 
 use bytes::Bytes;
+use downpour_data::checkpoint::RunMetadata;
 use downpour_data::formats::{SplitSpec, SplitsRecord, load_splits};
+use downpour_data::scaling::Scaling;
 use downpour_data::{Dataset, shard, shard_file, shuffle};
-use downpour_model::{Mlp, ModelDescription};
+use downpour_model::{Mlp, ModelDescription, Targets};
 use ndarray::Array2;
 use tracing::info;
 
@@ -14,11 +16,14 @@ use crate::config::CoordinatorConfig;
 use crate::error::CoordinatorError;
 use crate::ps_layout::split_params;
 
-/// Features and labels of a held-out split, as f32 for evaluation.
+/// Features and targets of a held-out split, as f32 for evaluation.
 #[derive(Debug)]
 pub struct EvalSet {
     pub features: Array2<f32>,
+    /// Class labels; empty for regression.
     pub labels: Vec<u32>,
+    /// Regression targets; empty for classification.
+    pub targets: Vec<f32>,
 }
 
 impl EvalSet {
@@ -28,17 +33,27 @@ impl EvalSet {
         Self {
             features: dataset.to_f32(),
             labels: dataset.labels.clone(),
+            targets: dataset.targets.clone(),
         }
     }
 
     /// Number of examples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.features.nrows()
     }
 
     /// Returns whether the set is empty.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.features.nrows() == 0
+    }
+
+    /// Returns the targets of the first `rows` examples, in the form the
+    /// model takes: real values when the set has them, else class labels.
+    pub fn targets_of(&self, rows: usize) -> Targets<'_> {
+        match self.targets.is_empty() {
+            true => Targets::Classes(&self.labels[..rows]),
+            false => Targets::Values(&self.targets[..rows]),
+        }
     }
 }
 
@@ -65,9 +80,20 @@ pub struct PreparedRun {
     /// Whether workers push sparse gradients: the training rows are sparse,
     /// the model supports them and `--dense` is not set.
     pub sparse_gradients: bool,
+    /// Feature scaling fitted on the training split, applied to every
+    /// split.
+    pub scaling: Option<Scaling>,
 }
 
 impl PreparedRun {
+    /// Returns the classes and scaling that checkpoints of this run carry.
+    pub fn run_metadata(&self) -> RunMetadata {
+        RunMetadata {
+            classes: (!self.description.is_regression()).then(|| self.splits.classes.clone()),
+            scaling: self.scaling.clone(),
+        }
+    }
+
     /// Minibatches in each shard.
     pub fn batches_per_shard(&self) -> Vec<u32> {
         let batch_size = self.config.batch_size;
@@ -99,6 +125,7 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         input: config.input.clone(),
         validation_size: config.validation_size,
         seed: config.seed,
+        regression: config.model.is_regression(),
     })?;
     let description = ModelDescription::new(
         &config.model,
@@ -124,7 +151,16 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
             available_gib: available as f64 / f64::from(1 << 30),
         });
     }
-    let (train, validation) = (splits.train, splits.validation);
+    // The statistics come from the training rows only, so that no held-out
+    // example influences the model.
+    let scaling = Scaling::fit(config.scale, &splits.train);
+    let scale = |dataset: Dataset| match &scaling {
+        Some(scaling) => scaling.apply(dataset),
+        None => dataset,
+    };
+    let train = scale(splits.train);
+    let validation = scale(splits.validation);
+    let test = splits.test.map(scale);
 
     let order = shuffle::permutation(train.len(), config.seed);
     let train = train.select(&order);
@@ -146,11 +182,12 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         data = %config.data.display(),
         train = train.len(),
         validation = validation.len(),
-        test = splits.test.as_ref().map_or(0, Dataset::len),
+        test = test.as_ref().map_or(0, Dataset::len),
         shards = shard_rows.len(),
         model = %config.model,
         parameters = model.num_params(),
         gradients = if sparse_gradients { "sparse" } else { "dense" },
+        scale = %config.scale,
         "data prepared"
     );
     Ok(PreparedRun {
@@ -159,9 +196,10 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         shard_rows,
         shard_files,
         validation: EvalSet::from_dataset(&validation),
-        test: splits.test.as_ref().map(EvalSet::from_dataset),
+        test: test.as_ref().map(EvalSet::from_dataset),
         splits: splits.record,
         sparse_gradients,
+        scaling,
         description,
         model,
         initial_params,

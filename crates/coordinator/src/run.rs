@@ -81,11 +81,13 @@ pub async fn run_with_metrics(
 ) -> Result<RunSummary, CoordinatorError> {
     let identity = RunIdentity::of(&prepared.config);
     let (mut run_dir, saved) = if prepared.config.resume {
-        let run_dir = RunDir::resume(&prepared.config.run_dir)?;
+        let mut run_dir = RunDir::resume(&prepared.config.run_dir)?;
+        run_dir.set_run_metadata(prepared.run_metadata());
         let saved = SavedState::load(run_dir.path(), &identity)?;
         (run_dir, Some(saved))
     } else {
-        let run_dir = RunDir::create(&prepared.config.run_dir)?;
+        let mut run_dir = RunDir::create(&prepared.config.run_dir)?;
+        run_dir.set_run_metadata(prepared.run_metadata());
         run_dir.save_checkpoint(
             INITIAL_CHECKPOINT,
             &prepared.description,
@@ -263,7 +265,8 @@ impl Evaluator {
         let pass = tokio::task::spawn_blocking(move || {
             let mut guard = evaluator.lock().unwrap_or_else(|p| p.into_inner());
             let Evaluator { model, workspace } = &mut *guard;
-            model.evaluate(&params, set.features.view(), &set.labels, workspace)
+            let targets = set.targets_of(set.len());
+            model.evaluate_for(&params, set.features.view(), targets, workspace)
         });
         pass.await.map_err(|error| match error.try_into_panic() {
             // A panic in the pass is a bug; raise it again here.
@@ -302,8 +305,10 @@ async fn drive(
         test,
         ps_ranges,
         splits,
+        scaling,
         ..
     } = prepared;
+    let regression = description.is_regression();
     warn_if_momentum_may_stall(&config);
     let mut servers = ParameterServers::connect(
         &config.ps_addresses,
@@ -401,7 +406,7 @@ async fn drive(
             let seconds = seconds_before + started.elapsed().as_secs_f64();
             let epoch = totals.examples as f64 / train_examples as f64;
 
-            let verdict = stopping.observe(pass.error_rate(), || BestSnapshot {
+            let verdict = stopping.observe(stopping_metric(&pass, regression), || BestSnapshot {
                 params: params.clone(),
                 updates: snapshot.version,
                 epoch,
@@ -411,7 +416,7 @@ async fn drive(
             }
             let best_error = stopping
                 .best()
-                .map_or(pass.error_rate(), |(error, _)| error);
+                .map_or(stopping_metric(&pass, regression), |(error, _)| error);
             let pushes = shared.lock().pushes.take();
             let (gradient_norm, clipping) = push_recorder.record(&pushes)?;
             let probe = CurvatureSet::probe(&curvature, params.clone()).await?;
@@ -424,6 +429,7 @@ async fn drive(
                 previous,
                 &pass,
                 best_error,
+                regression,
             );
             event.diagnostics = EvalDiagnostics {
                 gradient_norm,
@@ -470,11 +476,22 @@ async fn drive(
                 );
                 break "target_accuracy".to_owned();
             }
+            if let Some(target) = config.target_mse
+                && pass.mean_loss() <= target
+            {
+                info!(
+                    target_mse = target,
+                    validation_mse = pass.mean_loss(),
+                    "validation mean squared error reached the target; stopping"
+                );
+                break "target_mse".to_owned();
+            }
             if verdict == Verdict::Stop {
                 info!(
                     patience = config.patience,
-                    best_validation_error = best_error,
-                    "validation error stopped improving; stopping early"
+                    best_validation_metric = best_error,
+                    "validation {} stopped improving; stopping early",
+                    metric_name(regression)
                 );
                 break "early_stopping".to_owned();
             }
@@ -541,10 +558,17 @@ async fn drive(
         data: config.data.display().to_string(),
         model: config.model.to_string(),
         parameters: description.parameters,
-        test_accuracy: test_pass.map(|pass| pass.accuracy()),
+        test_accuracy: test_pass
+            .filter(|_| !regression)
+            .map(|pass| pass.accuracy()),
+        test_mse: test_pass
+            .filter(|_| regression)
+            .map(|pass| pass.mean_loss()),
         test_loss: test_pass.map(|pass| pass.mean_loss()),
         test_examples: test_pass.map_or(0, |pass| pass.examples),
-        best_validation_error,
+        task: splits.task.clone(),
+        best_validation_error: (!regression).then_some(best_validation_error),
+        best_validation_mse: regression.then_some(best_validation_error),
         best_updates: best.updates,
         best_epoch: best.epoch,
         epochs: examples as f64 / train_examples as f64,
@@ -589,14 +613,17 @@ async fn drive(
         eval_every: config.eval_every,
         patience: config.patience,
         target_accuracy: config.target_accuracy,
+        target_mse: config.target_mse,
         max_epochs: config.max_epochs,
         checkpoint: format!("{BEST_CHECKPOINT}.safetensors"),
         splits,
+        scaling,
     };
     let path = run_dir.write_summary(&summary)?;
     info!(
         test_accuracy = summary.test_accuracy.unwrap_or(f64::NAN),
-        best_validation_error,
+        test_mse = summary.test_mse.unwrap_or(f64::NAN),
+        best_validation_metric = best_validation_error,
         stop_reason = %stop_reason,
         epochs = summary.epochs,
         updates = summary.updates,
@@ -720,7 +747,8 @@ fn eval_event(
     totals: &PushTotals,
     previous: Mark,
     pass: &Evaluation,
-    best_validation_error: f64,
+    best_validation_metric: f64,
+    regression: bool,
 ) -> EvalEvent {
     let pushes = totals.pushes.saturating_sub(previous.pushes);
     let examples = totals.examples.saturating_sub(previous.examples);
@@ -732,9 +760,11 @@ fn eval_event(
         examples: totals.examples,
         wall_seconds: seconds,
         train_loss: (pushes > 0).then(|| (totals.loss_sum - previous.loss_sum) / pushes as f64),
-        validation_error: pass.error_rate(),
+        validation_error: (!regression).then(|| pass.error_rate()),
+        validation_mse: regression.then(|| pass.mean_loss()),
         validation_loss: pass.mean_loss(),
-        best_validation_error,
+        best_validation_error: (!regression).then_some(best_validation_metric),
+        best_validation_mse: regression.then_some(best_validation_metric),
         examples_per_second: if interval > 0.0 {
             examples as f64 / interval
         } else {
@@ -747,18 +777,47 @@ fn eval_event(
     }
 }
 
+/// Returns the value early stopping minimizes: the 0-1 error of a
+/// classifier, or the mean squared error of linear regression.
+fn stopping_metric(pass: &Evaluation, regression: bool) -> f64 {
+    match regression {
+        true => pass.mean_loss(),
+        false => pass.error_rate(),
+    }
+}
+
+fn metric_name(regression: bool) -> &'static str {
+    match regression {
+        true => "mean squared error",
+        false => "error",
+    }
+}
+
 fn log_progress(event: &EvalEvent) {
     let train_loss = event
         .train_loss
         .map_or_else(|| "-".to_owned(), |loss| format!("{loss:.4}"));
+    if let (Some(mse), Some(best)) = (event.validation_mse, event.best_validation_mse) {
+        info!(
+            target: "downpour::progress",
+            "epoch {:>5.2} | updates {:>6} | train loss {} | val mse {:.4} (best {:.4}) | {:.0} examples/s",
+            event.epoch,
+            event.updates,
+            train_loss,
+            mse,
+            best,
+            event.examples_per_second,
+        );
+        return;
+    }
     info!(
         target: "downpour::progress",
         "epoch {:>5.2} | updates {:>6} | train loss {} | val error {:.2}% (best {:.2}%) | {:.0} examples/s",
         event.epoch,
         event.updates,
         train_loss,
-        100.0 * event.validation_error,
-        100.0 * event.best_validation_error,
+        100.0 * event.validation_error.unwrap_or(f64::NAN),
+        100.0 * event.best_validation_error.unwrap_or(f64::NAN),
         event.examples_per_second,
     );
 }

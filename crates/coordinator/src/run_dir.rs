@@ -9,7 +9,9 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use downpour_data::checkpoint::RunMetadata;
 use downpour_data::formats::SplitsRecord;
+use downpour_data::scaling::Scaling;
 use downpour_data::{atomic, checkpoint};
 use downpour_metrics::tensorboard::{self, EventWriter};
 use downpour_model::ModelDescription;
@@ -36,9 +38,20 @@ pub struct EvalEvent {
     /// Mean minibatch loss of the updates since the previous pass; null when
     /// there were none.
     pub train_loss: Option<f64>,
-    pub validation_error: f64,
+    /// 0-1 error of a classifier; absent for regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_error: Option<f64>,
+    /// Mean squared error of linear regression; absent for classifiers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation_mse: Option<f64>,
+    /// Mean cross-entropy of a classifier, or the mean squared error.
     pub validation_loss: f64,
-    pub best_validation_error: f64,
+    /// Lowest `validation_error` so far; absent for regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_validation_error: Option<f64>,
+    /// Lowest `validation_mse` so far; absent for classifiers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_validation_mse: Option<f64>,
     /// Training examples per second since the previous pass.
     pub examples_per_second: f64,
     /// Mean staleness of the pushes since the previous pass.
@@ -67,9 +80,20 @@ pub struct RunSummary {
     /// Accuracy of the best-validation θ on the test split, when there is
     /// one.
     pub test_accuracy: Option<f64>,
+    /// Mean squared error of the best-validation θ on the test split, for
+    /// linear regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_mse: Option<f64>,
     pub test_loss: Option<f64>,
     pub test_examples: usize,
-    pub best_validation_error: f64,
+    /// `classification` or `regression`.
+    pub task: String,
+    /// Lowest validation 0-1 error; absent for regression.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_validation_error: Option<f64>,
+    /// Lowest validation mean squared error; absent for classifiers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_validation_mse: Option<f64>,
     /// Parameter-server version of the best θ.
     pub best_updates: u64,
     pub best_epoch: f64,
@@ -93,7 +117,7 @@ pub struct RunSummary {
     /// Per epoch, the training examples in completed ranges, and those
     /// handed out again after a worker's lease expired.
     pub epoch_usage: Vec<EpochUsage>,
-    /// `early_stopping`, `target_accuracy` or `max_epochs`.
+    /// `early_stopping`, `target_accuracy`, `target_mse` or `max_epochs`.
     pub stop_reason: String,
     pub evaluations: u32,
     /// Seconds from the start of training to the stop decision.
@@ -132,11 +156,17 @@ pub struct RunSummary {
     pub eval_every: u64,
     pub patience: u32,
     pub target_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_mse: Option<f64>,
     pub max_epochs: u32,
     /// File name of the best-θ checkpoint inside the run directory.
     pub checkpoint: String,
     /// Data format, class names, and how each split was made.
     pub splits: SplitsRecord,
+    /// Feature scaling fitted on the training split; absent without
+    /// `--scale`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<Scaling>,
 }
 
 /// An open run directory, locked against other runs while it is open.
@@ -146,6 +176,8 @@ pub struct RunDir {
     events: BufWriter<File>,
     /// TensorBoard scalars with the same rows as `events.jsonl`, when on.
     tensorboard: Option<EventWriter>,
+    /// Classes and scaling written into every checkpoint's metadata.
+    metadata: RunMetadata,
     /// `.lock` in the directory, exclusively locked until this is dropped.
     _lock: File,
 }
@@ -215,6 +247,7 @@ impl RunDir {
             path: path.to_owned(),
             events: BufWriter::new(events),
             tensorboard: None,
+            metadata: RunMetadata::default(),
             _lock: lock,
         })
     }
@@ -253,6 +286,7 @@ impl RunDir {
             path: path.to_owned(),
             events: BufWriter::new(events),
             tensorboard: None,
+            metadata: RunMetadata::default(),
             _lock: lock,
         })
     }
@@ -307,7 +341,14 @@ impl RunDir {
         Ok(())
     }
 
-    /// Writes a safetensors checkpoint and `model.json`.
+    /// Sets the classes and scaling that later checkpoints carry in their
+    /// metadata.
+    pub fn set_run_metadata(&mut self, metadata: RunMetadata) {
+        self.metadata = metadata;
+    }
+
+    /// Writes a safetensors checkpoint, with the run's metadata, and
+    /// `model.json`.
     ///
     /// # Errors
     ///
@@ -318,7 +359,13 @@ impl RunDir {
         description: &ModelDescription,
         params: &[f32],
     ) -> Result<PathBuf, CoordinatorError> {
-        Ok(checkpoint::save(&self.path, stem, description, params)?)
+        Ok(checkpoint::save_with_metadata(
+            &self.path,
+            stem,
+            description,
+            params,
+            &self.metadata,
+        )?)
     }
 
     /// Writes `summary.json` atomically.

@@ -36,6 +36,14 @@ pub(crate) struct RunIdentity {
     validation_size: usize,
     parameter_servers: usize,
     consistency: String,
+    /// Feature scaling, which a resumed run must fit and apply again. State
+    /// saved before scaling existed had none.
+    #[serde(default = "no_scaling")]
+    scale: String,
+}
+
+fn no_scaling() -> String {
+    "none".to_owned()
 }
 
 impl RunIdentity {
@@ -49,6 +57,7 @@ impl RunIdentity {
             validation_size: config.validation_size,
             parameter_servers: config.ps_addresses.len(),
             consistency: config.consistency.to_string(),
+            scale: config.scale.to_string(),
         }
     }
 
@@ -62,6 +71,7 @@ impl RunIdentity {
         };
         compare("--data", self.data.clone(), now.data.clone());
         compare("--model", self.model.clone(), now.model.clone());
+        compare("--scale", self.scale.clone(), now.scale.clone());
         compare("--seed", self.seed.to_string(), now.seed.to_string());
         compare(
             "--workers",
@@ -120,7 +130,8 @@ pub(crate) struct Mark {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(crate) struct DriverProgress {
     pub(crate) evaluations: u32,
-    /// Lowest validation error so far; its θ is `best.safetensors`.
+    /// Lowest value so far of the stopping metric (the 0-1 error, or the
+    /// mean squared error of linear regression); its θ is `best.safetensors`.
     pub(crate) best_validation_error: Option<f64>,
     pub(crate) best_updates: u64,
     pub(crate) best_epoch: f64,

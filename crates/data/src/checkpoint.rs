@@ -6,6 +6,12 @@
 //! `safetensors` package, whose loaders therefore return one array per tensor.
 //! The description is stored twice: as JSON in the safetensors metadata under
 //! [`METADATA_KEY`], and as [`DESCRIPTION_FILE`] in the same folder.
+//!
+//! The metadata also contains what `predict` and `eval` need to read new data
+//! the way the run read its own: the task under [`TASK_KEY`]
+//! (`classification` or `regression`), the class names in class-id order as
+//! a JSON array under [`CLASSES_KEY`] (classifiers only), and the fitted
+//! [`Scaling`] as JSON under [`SCALING_KEY`] (runs with `--scale` only).
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,9 +23,27 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::atomic::write_atomic;
 use crate::error::{DataError, Result, describe_io};
+use crate::scaling::Scaling;
+
+/// Settings of the run's data, stored in the checkpoint's metadata besides
+/// the model description.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunMetadata {
+    /// Class names in class-id order, for a classifier whose run recorded
+    /// them.
+    pub classes: Option<Vec<String>>,
+    /// Feature scaling fitted on the training split.
+    pub scaling: Option<Scaling>,
+}
 
 /// Safetensors metadata key whose value is the model description as JSON.
 pub const METADATA_KEY: &str = "downpour.model";
+/// Safetensors metadata key whose value is `classification` or `regression`.
+pub const TASK_KEY: &str = "downpour.task";
+/// Safetensors metadata key whose value is the class names as a JSON array.
+pub const CLASSES_KEY: &str = "downpour.classes";
+/// Safetensors metadata key whose value is the feature scaling as JSON.
+pub const SCALING_KEY: &str = "downpour.scaling";
 /// Name of the description file written next to each checkpoint.
 pub const DESCRIPTION_FILE: &str = "model.json";
 
@@ -40,6 +64,23 @@ pub fn save(
     stem: &str,
     description: &ModelDescription,
     params: &[f32],
+) -> Result<PathBuf> {
+    save_with_metadata(dir, stem, description, params, &RunMetadata::default())
+}
+
+/// Writes a checkpoint as [`save`] does, with the task, classes and scaling
+/// of `run` in the safetensors metadata.
+///
+/// # Errors
+///
+/// Those of [`save`], and [`DataError::InvalidCheckpoint`] when the scaling
+/// does not have one entry per model input.
+pub fn save_with_metadata(
+    dir: &Path,
+    stem: &str,
+    description: &ModelDescription,
+    params: &[f32],
+    run: &RunMetadata,
 ) -> Result<PathBuf> {
     check_stem(dir, stem)?;
     let path = dir.join(format!("{stem}.safetensors"));
@@ -62,7 +103,17 @@ pub fn save(
         )));
     }
 
-    let bytes = encode(description, params).map_err(invalid)?;
+    if let Some(scaling) = &run.scaling
+        && (scaling.width() != description.inputs || scaling.divisor.len() != scaling.width())
+    {
+        return Err(invalid(format!(
+            "the scaling has {} offsets and {} divisors but the model has {} inputs",
+            scaling.width(),
+            scaling.divisor.len(),
+            description.inputs
+        )));
+    }
+    let bytes = encode(description, params, run).map_err(invalid)?;
     write_atomic(&path, &bytes).map_err(|error| DataError::io(&path, error))?;
 
     let sidecar = dir.join(DESCRIPTION_FILE);
@@ -86,6 +137,19 @@ pub fn save(
 /// came from, and [`DataError::InvalidCheckpoint`] for a malformed file or a
 /// tensor that does not match the description.
 pub fn load(path: &Path) -> Result<(ModelDescription, Vec<f32>)> {
+    let (description, params, _) = load_with_metadata(path)?;
+    Ok((description, params))
+}
+
+/// Reads a checkpoint as [`load`] does, and the classes and scaling in its
+/// metadata. A checkpoint written by [`save`] has neither.
+///
+/// # Errors
+///
+/// Those of [`load`], and [`DataError::InvalidCheckpoint`] when the classes
+/// or scaling metadata is not valid JSON of its form or does not fit the
+/// model.
+pub fn load_with_metadata(path: &Path) -> Result<(ModelDescription, Vec<f32>, RunMetadata)> {
     let bytes = fs::read(path).map_err(|error| DataError::io(path, error))?;
     let invalid = |reason: String| DataError::InvalidCheckpoint {
         path: path.to_path_buf(),
@@ -97,10 +161,8 @@ pub fn load(path: &Path) -> Result<(ModelDescription, Vec<f32>)> {
         invalid(format!("not a valid safetensors file ({error})"))
     };
     let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(not_safetensors)?;
-    let stored = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|entries| entries.get(METADATA_KEY));
+    let entries = metadata.metadata().as_ref();
+    let stored = entries.and_then(|entries| entries.get(METADATA_KEY));
     let description = match stored {
         Some(json) => ModelDescription::from_json(json).map_err(|error| {
             DataError::InvalidModelDescription {
@@ -127,7 +189,53 @@ pub fn load(path: &Path) -> Result<(ModelDescription, Vec<f32>)> {
     for info in &description.tensors {
         copy_tensor(&tensors, info, &mut params).map_err(invalid)?;
     }
-    Ok((description, params))
+    let run = entries
+        .map(|entries| read_run_metadata(entries, &description))
+        .transpose()
+        .map_err(invalid)?
+        .unwrap_or_default();
+    Ok((description, params, run))
+}
+
+/// Parses the classes and scaling entries and checks them against the model.
+fn read_run_metadata(
+    entries: &HashMap<String, String>,
+    description: &ModelDescription,
+) -> std::result::Result<RunMetadata, String> {
+    let classes: Option<Vec<String>> = entries
+        .get(CLASSES_KEY)
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .map_err(|error| {
+            format!("the \"{CLASSES_KEY}\" metadata is not a JSON list of names ({error})")
+        })?;
+    if let Some(classes) = &classes
+        && classes.len() != description.classes
+    {
+        return Err(format!(
+            "the \"{CLASSES_KEY}\" metadata lists {} classes but the model has {}",
+            classes.len(),
+            description.classes
+        ));
+    }
+    let scaling: Option<Scaling> = entries
+        .get(SCALING_KEY)
+        .map(|json| serde_json::from_str(json))
+        .transpose()
+        .map_err(|error| {
+            format!("the \"{SCALING_KEY}\" metadata is not valid scaling JSON ({error})")
+        })?;
+    if let Some(scaling) = &scaling
+        && (scaling.width() != description.inputs || scaling.divisor.len() != scaling.width())
+    {
+        return Err(format!(
+            "the \"{SCALING_KEY}\" metadata has {} offsets and {} divisors but the model has {} inputs",
+            scaling.width(),
+            scaling.divisor.len(),
+            description.inputs
+        ));
+    }
+    Ok(RunMetadata { classes, scaling })
 }
 
 /// Rejects stems that are empty or would place the file outside `dir`.
@@ -146,8 +254,13 @@ fn check_stem(dir: &Path, stem: &str) -> Result<()> {
     })
 }
 
-/// Serializes θ as safetensors bytes with the description in the metadata.
-fn encode(description: &ModelDescription, params: &[f32]) -> std::result::Result<Vec<u8>, String> {
+/// Serializes θ as safetensors bytes with the description, the task and
+/// the run's classes and scaling in the metadata.
+fn encode(
+    description: &ModelDescription,
+    params: &[f32],
+    run: &RunMetadata,
+) -> std::result::Result<Vec<u8>, String> {
     let mut data = Vec::with_capacity(params.len() * 4);
     for value in params {
         data.extend_from_slice(&value.to_le_bytes());
@@ -165,7 +278,22 @@ fn encode(description: &ModelDescription, params: &[f32]) -> std::result::Result
 
     let json = serde_json::to_string(description)
         .map_err(|error| format!("cannot serialize the model description ({error})"))?;
-    let metadata = HashMap::from([(METADATA_KEY.to_owned(), json)]);
+    let task = match description.is_regression() {
+        true => "regression",
+        false => "classification",
+    };
+    let mut metadata = HashMap::from([
+        (METADATA_KEY.to_owned(), json),
+        (TASK_KEY.to_owned(), task.to_owned()),
+    ]);
+    if let Some(classes) = &run.classes {
+        let json = serde_json::to_string(classes)
+            .map_err(|error| format!("cannot serialize the class names ({error})"))?;
+        metadata.insert(CLASSES_KEY.to_owned(), json);
+    }
+    if let Some(scaling) = &run.scaling {
+        metadata.insert(SCALING_KEY.to_owned(), scaling.to_json());
+    }
     safetensors::serialize(views, Some(metadata))
         .map_err(|error| format!("cannot encode as safetensors ({error})"))
 }

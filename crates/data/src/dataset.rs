@@ -1,9 +1,11 @@
 //! In-memory labelled data sets: a feature matrix with one row per example,
-//! and one class label per row.
+//! and one class label or one real regression target per row.
 
 use std::ops::Range;
 
 use ndarray::{Array2, ArrayView2, Axis, s};
+
+use downpour_model::Targets;
 
 use crate::error::{DataError, Result};
 use crate::formats::table::SparseRows;
@@ -87,16 +89,19 @@ impl Features {
     }
 }
 
-/// A labelled data set: features, one label per row, and the number of
-/// classes. Every label is below `classes`.
+/// A labelled data set: features and, for classification, one class label
+/// per row below `classes`. A regression data set has `classes` 0, no labels
+/// and one real target per row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// Feature matrix with one row per example.
     pub features: Features,
-    /// Class label of each row.
+    /// Class label of each row; empty for regression.
     pub labels: Vec<u32>,
-    /// Number of classes. Labels lie in `0..classes`.
+    /// Number of classes. Labels lie in `0..classes`. 0 for regression.
     pub classes: usize,
+    /// Regression target of each row; empty for classification.
+    pub targets: Vec<f32>,
 }
 
 impl Dataset {
@@ -132,17 +137,70 @@ impl Dataset {
             features,
             labels,
             classes,
+            targets: Vec::new(),
         })
+    }
+
+    /// Creates a regression data set after checking that there is one
+    /// finite target per row and that a byte feature scale is finite.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::RowCountMismatch`], [`DataError::NonFiniteTarget`] (naming
+    /// the first bad target and its index) or [`DataError::InvalidScale`].
+    pub fn regression(features: Features, targets: Vec<f32>) -> Result<Self> {
+        if features.len() != targets.len() {
+            return Err(DataError::RowCountMismatch {
+                rows: features.len(),
+                labels: targets.len(),
+            });
+        }
+        if let Features::U8 { scale, .. } = features
+            && !scale.is_finite()
+        {
+            return Err(DataError::InvalidScale { scale });
+        }
+        if let Some((index, &target)) = targets
+            .iter()
+            .enumerate()
+            .find(|(_, target)| !target.is_finite())
+        {
+            return Err(DataError::NonFiniteTarget { index, target });
+        }
+        Ok(Dataset {
+            features,
+            labels: Vec::new(),
+            classes: 0,
+            targets,
+        })
+    }
+
+    /// Returns whether the data set has real targets rather than classes.
+    pub fn is_regression(&self) -> bool {
+        self.classes == 0
+    }
+
+    /// Returns the targets of `rows` as the model takes them.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `rows` reaches past the last row.
+    pub fn targets_of(&self, rows: Range<usize>) -> Targets<'_> {
+        if self.is_regression() {
+            Targets::Values(&self.targets[rows])
+        } else {
+            Targets::Classes(&self.labels[rows])
+        }
     }
 
     /// Returns the number of examples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.features.len()
     }
 
     /// Returns whether the data set has no examples.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.features.is_empty()
     }
 
     /// Returns the number of features per example.
@@ -206,10 +264,21 @@ impl Dataset {
     ///
     /// Panics if an index is out of range.
     pub fn select(&self, indices: &[usize]) -> Dataset {
+        let pick = |values: &[u32]| -> Vec<u32> {
+            match values.is_empty() {
+                true => Vec::new(),
+                false => indices.iter().map(|&i| values[i]).collect(),
+            }
+        };
+        let targets = match self.targets.is_empty() {
+            true => Vec::new(),
+            false => indices.iter().map(|&i| self.targets[i]).collect(),
+        };
         Dataset {
             features: self.features.select_rows(indices),
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            labels: pick(&self.labels),
             classes: self.classes,
+            targets,
         }
     }
 
@@ -226,16 +295,22 @@ impl Dataset {
             return Err(DataError::TailTooLarge { tail, len });
         }
         let cut = len - tail;
-        let head = Dataset {
-            features: self.features.slice_rows(0..cut),
-            labels: self.labels[..cut].to_vec(),
+        // Exactly one of `labels` and `targets` is empty, and slicing an empty
+        // vector by a row range would be out of bounds.
+        let part = |rows: Range<usize>| Dataset {
+            features: self.features.slice_rows(rows.clone()),
+            labels: match self.labels.is_empty() {
+                true => Vec::new(),
+                false => self.labels[rows.clone()].to_vec(),
+            },
             classes: self.classes,
+            targets: match self.targets.is_empty() {
+                true => Vec::new(),
+                false => self.targets[rows].to_vec(),
+            },
         };
-        let tail = Dataset {
-            features: self.features.slice_rows(cut..len),
-            labels: self.labels[cut..].to_vec(),
-            classes: self.classes,
-        };
+        let head = part(0..cut);
+        let tail = part(cut..len);
         Ok((head, tail))
     }
 }

@@ -303,6 +303,43 @@ pub enum DataError {
         classes: String,
     },
 
+    /// Regression was requested on IDX data, whose labels are classes.
+    #[error(
+        "{}: IDX files hold class labels, so they cannot train a linear regression; \
+         use a CSV, LIBSVM or NumPy file with real targets, or a classifier such as \
+         --model softmax",
+        path.display()
+    )]
+    RegressionOnIdx {
+        /// The IDX file or folder.
+        path: PathBuf,
+    },
+
+    /// A regression target is not a finite number.
+    #[error(
+        "{}: {location}: regression target \"{label}\" is not a finite number; \
+         a linear model needs a numeric target in every row (fix or drop the row, \
+         or train a classifier such as --model softmax)",
+        path.display()
+    )]
+    InvalidTarget {
+        /// File that was read.
+        path: PathBuf,
+        /// Line and column, or row, of the target.
+        location: String,
+        /// The target text.
+        label: String,
+    },
+
+    /// A regression target in memory is NaN or infinite.
+    #[error("regression target {target} at index {index} is not a finite number")]
+    NonFiniteTarget {
+        /// Position of the target, counted from 0.
+        index: usize,
+        /// The offending target.
+        target: f32,
+    },
+
     /// Two files of one run have different numbers of features.
     #[error(
         "{}: has {found} features per example but the training file has {expected}",

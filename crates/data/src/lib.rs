@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod formats;
 pub mod idx;
 pub mod mnist;
+pub mod scaling;
 pub mod shard;
 pub mod shard_file;
 pub mod shuffle;

@@ -7,11 +7,12 @@
 //!    "scale", "checksum"}`, where `dtype` is `"u8"`, `"f32"` or `"csr"`
 //!    and `checksum` is the CRC-32 of the payload; a `"csr"` header adds
 //!    `"entries"`, the number of stored values;
-//! 4. the payload: the features, then one little-endian u32 label per row.
-//!    Dense features are row-major, one byte or one little-endian f32 per
-//!    value. CSR features are `rows + 1` little-endian u64 row offsets, then
-//!    `entries` little-endian u32 feature indices, then `entries`
-//!    little-endian f32 values.
+//! 4. the payload: the features, then one little-endian u32 label per row,
+//!    or for a regression shard (`classes` 0) one little-endian f32 target
+//!    per row. Dense features are row-major, one byte or one little-endian
+//!    f32 per value. CSR features are `rows + 1` little-endian u64 row
+//!    offsets, then `entries` little-endian u32 feature indices, then
+//!    `entries` little-endian f32 values.
 
 use std::path::Path;
 
@@ -67,9 +68,12 @@ struct HeaderVersion {
 /// is written as JSON `null`, and [`decode`] then rejects the shard.
 pub fn encode(dataset: &Dataset) -> Vec<u8> {
     let mut payload = encode_features(&dataset.features);
-    payload.reserve(dataset.labels.len() * 4);
+    payload.reserve(dataset.len() * 4);
     for label in &dataset.labels {
         payload.extend_from_slice(&label.to_le_bytes());
+    }
+    for target in &dataset.targets {
+        payload.extend_from_slice(&target.to_le_bytes());
     }
 
     let (dtype, scale, entries) = match &dataset.features {
@@ -155,11 +159,19 @@ fn decode_with_path(bytes: &[u8], path: Option<&Path>) -> Result<Dataset> {
 
     let (feature_bytes, label_bytes) = payload.split_at(feature_len);
     let features = decode_features(&header, feature_bytes).map_err(invalid)?;
-    let labels = label_bytes
+    let words = label_bytes
         .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Dataset::new(features, labels, header.classes).map_err(|error| invalid(error.to_string()))
+        .map(|c| [c[0], c[1], c[2], c[3]]);
+    let dataset = if header.classes == 0 {
+        Dataset::regression(features, words.map(f32::from_le_bytes).collect())
+    } else {
+        Dataset::new(
+            features,
+            words.map(u32::from_le_bytes).collect(),
+            header.classes,
+        )
+    };
+    dataset.map_err(|error| invalid(error.to_string()))
 }
 
 /// Checks the magic bytes, parses the header and returns it with the bytes

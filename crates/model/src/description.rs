@@ -8,8 +8,10 @@ use crate::{ModelError, ModelSpec};
 const RELU: &str = "relu";
 /// Activation name stored for softmax regression, which has no hidden layer.
 const NO_ACTIVATION: &str = "none";
-/// Loss name stored in every description.
+/// Loss name stored for classifiers.
 const CROSS_ENTROPY: &str = "cross_entropy";
+/// Loss name stored for linear regression.
+const MEAN_SQUARED_ERROR: &str = "mean_squared_error";
 
 /// Named tensor inside the flat parameter vector θ.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,11 +37,12 @@ pub struct ModelDescription {
     pub inputs: usize,
     /// Hidden-layer widths, empty for softmax regression.
     pub hidden: Vec<usize>,
-    /// Number of classes.
+    /// Number of classes, or 0 for linear regression, whose one output is a real value.
     pub classes: usize,
-    /// Hidden-layer activation: `relu`, or `none` for softmax regression.
+    /// Hidden-layer activation: `relu`, or `none` for linear and softmax regression.
     pub activation: String,
-    /// Training loss, always `cross_entropy`.
+    /// Training loss: `cross_entropy` for classifiers, `mean_squared_error` for linear
+    /// regression.
     pub loss: String,
     /// Total number of f32 elements in θ.
     pub parameters: usize,
@@ -48,10 +51,12 @@ pub struct ModelDescription {
 }
 
 impl ModelDescription {
-    /// Builds the description of `spec` for `inputs` features and `classes` classes.
+    /// Builds the description of `spec` for `inputs` features and `classes` classes. A
+    /// linear regression spec takes `classes` 0 and has one output.
     ///
-    /// Returns an error if `inputs` is 0, `classes` is below 2, the spec has an empty or zero
-    /// hidden size, or the parameter count overflows `usize`.
+    /// Returns an error if `inputs` is 0, `classes` is below 2 for a classifier or not 0
+    /// for linear regression, the spec has an empty or zero hidden size, or the parameter
+    /// count overflows `usize`.
     pub fn new(spec: &ModelSpec, inputs: usize, classes: usize) -> Result<Self, ModelError> {
         validate_spec(spec)?;
         if inputs == 0 {
@@ -59,15 +64,26 @@ impl ModelDescription {
                 "the number of inputs must be at least 1, got 0".to_string(),
             ));
         }
-        if classes < 2 {
+        if spec.is_regression() && classes != 0 {
+            return Err(ModelError::InvalidDescription(format!(
+                "a {spec} model predicts a real value and takes 0 classes, got {classes}"
+            )));
+        }
+        if !spec.is_regression() && classes < 2 {
             return Err(ModelError::InvalidDescription(format!(
                 "the number of classes must be at least 2, got {classes}"
             )));
         }
-        let (tensors, parameters) = layout_tensors(inputs, spec.hidden(), classes)?;
+        let outputs = if spec.is_regression() { 1 } else { classes };
+        let (tensors, parameters) = layout_tensors(inputs, spec.hidden(), outputs)?;
         let activation = match spec {
-            ModelSpec::Softmax => NO_ACTIVATION,
+            ModelSpec::Linear | ModelSpec::Softmax => NO_ACTIVATION,
             ModelSpec::Mlp { .. } => RELU,
+        };
+        let loss = if spec.is_regression() {
+            MEAN_SQUARED_ERROR
+        } else {
+            CROSS_ENTROPY
         };
         Ok(ModelDescription {
             spec: spec.to_string(),
@@ -75,10 +91,24 @@ impl ModelDescription {
             hidden: spec.hidden().to_vec(),
             classes,
             activation: activation.to_string(),
-            loss: CROSS_ENTROPY.to_string(),
+            loss: loss.to_string(),
             parameters,
             tensors,
         })
+    }
+
+    /// Returns whether the model is linear regression, whose one output is a real value.
+    pub fn is_regression(&self) -> bool {
+        self.loss == MEAN_SQUARED_ERROR
+    }
+
+    /// Returns the width of the last layer: 1 for linear regression, else the classes.
+    pub fn outputs(&self) -> usize {
+        if self.is_regression() {
+            1
+        } else {
+            self.classes
+        }
     }
 
     /// Serializes the description as pretty-printed JSON.
@@ -168,12 +198,12 @@ fn validate_spec(spec: &ModelSpec) -> Result<(), ModelError> {
 fn layout_tensors(
     inputs: usize,
     hidden: &[usize],
-    classes: usize,
+    outputs: usize,
 ) -> Result<(Vec<TensorInfo>, usize), ModelError> {
     let overflow = || invalid("the parameter count overflows usize".to_string());
     let widths: Vec<usize> = std::iter::once(inputs)
         .chain(hidden.iter().copied())
-        .chain(std::iter::once(classes))
+        .chain(std::iter::once(outputs))
         .collect();
     let mut tensors = Vec::with_capacity(2 * (widths.len() - 1));
     let mut offset = 0usize;
@@ -301,6 +331,36 @@ mod tests {
                 tensor("layers.2.weight", &[3, 4], 59),
                 tensor("layers.2.bias", &[3], 71),
             ]
+        );
+    }
+
+    #[test]
+    fn linear_layout() {
+        let description = describe(&ModelSpec::Linear, 3, 0);
+        assert_eq!(description.spec, "linear");
+        assert_eq!(description.loss, "mean_squared_error");
+        assert_eq!(description.activation, "none");
+        assert!(description.is_regression());
+        assert_eq!(description.outputs(), 1);
+        assert_eq!(description.parameters, 4);
+        assert_eq!(
+            description.tensors,
+            [
+                tensor("layers.0.weight", &[1, 3], 0),
+                tensor("layers.0.bias", &[1], 3),
+            ]
+        );
+        let parsed = ModelDescription::from_json(&description.to_json()).expect("round trip");
+        assert_eq!(parsed, description);
+    }
+
+    #[test]
+    fn linear_rejects_classes() {
+        let error = ModelDescription::new(&ModelSpec::Linear, 3, 2).expect_err("classes");
+        assert_eq!(
+            error.to_string(),
+            "invalid model description: a linear model predicts a real value and takes 0 \
+             classes, got 2"
         );
     }
 

@@ -3,9 +3,9 @@
 /// Error from parsing a model spec or building, parsing or validating a model description.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// The model spec string is not `softmax` or `mlp:` followed by hidden sizes.
+    /// The model spec string is not `linear`, `softmax` or `mlp:` followed by hidden sizes.
     #[error(
-        "invalid model spec \"{spec}\": {reason}; expected \"softmax\" or \"mlp:\" followed by comma-separated hidden sizes, such as \"mlp:256,128\""
+        "invalid model spec \"{spec}\": {reason}; expected \"linear\", \"softmax\" or \"mlp:\" followed by comma-separated hidden sizes, such as \"mlp:256,128\""
     )]
     InvalidSpec {
         /// The spec string as given.

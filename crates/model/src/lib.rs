@@ -1,5 +1,6 @@
 //! Models for Downpour: softmax regression and multilayer perceptrons with ReLU hidden
-//! layers, trained with the mean cross-entropy over a minibatch.
+//! layers, trained with the mean cross-entropy over a minibatch, and linear regression,
+//! trained with the mean squared error.
 //!
 //! The parameters θ of a model are one flat `f32` vector of named tensors, whose layout a
 //! [`ModelDescription`] records. An [`Mlp`] computes losses, gradients and predictions for
@@ -15,6 +16,7 @@ mod hessian;
 mod layer;
 mod matmul;
 mod mlp;
+mod regression;
 mod softmax;
 mod sparse;
 mod spec;
@@ -25,6 +27,7 @@ pub use description::{ModelDescription, TensorInfo};
 pub use error::ModelError;
 pub use evaluation::Evaluation;
 pub use mlp::Mlp;
+pub use regression::{RegressionObjective, Targets};
 pub use sparse::{SparseBatch, SparseGradient, SparseWorkspace};
 pub use spec::ModelSpec;
 pub use workspace::Workspace;

@@ -45,9 +45,14 @@ impl Mlp {
         self.description.inputs
     }
 
-    /// Returns the number of classes.
+    /// Returns the number of classes, which is 0 for linear regression.
     pub fn classes(&self) -> usize {
         self.description.classes
+    }
+
+    /// Returns whether the model is linear regression, whose one output is a real value.
+    pub fn is_regression(&self) -> bool {
+        self.description.is_regression()
     }
 
     pub(crate) fn layers(&self) -> &[Layer] {
@@ -79,8 +84,9 @@ impl Mlp {
     ///
     /// # Panics
     ///
-    /// Panics if the batch is empty, if `params`, `gradient`, `x` or `labels` have the
-    /// wrong length or shape, or if a label is not below `classes`.
+    /// Panics if the model is linear regression, if the batch is empty, if `params`,
+    /// `gradient`, `x` or `labels` have the wrong length or shape, or if a label is not
+    /// below `classes`.
     pub fn loss_and_gradient(
         &self,
         params: &[f32],
@@ -89,6 +95,10 @@ impl Mlp {
         gradient: &mut [f32],
         workspace: &mut Workspace,
     ) -> f32 {
+        assert!(
+            !self.is_regression(),
+            "a regression model takes real targets"
+        );
         self.check_batch(params, x, labels);
         assert_eq!(
             gradient.len(),
@@ -113,8 +123,8 @@ impl Mlp {
     ///
     /// # Panics
     ///
-    /// Panics if `params`, `x` or `labels` have the wrong length or shape, or if a label
-    /// is not below `classes`.
+    /// Panics if the model is linear regression, if `params`, `x` or `labels` have the
+    /// wrong length or shape, or if a label is not below `classes`.
     pub fn evaluate(
         &self,
         params: &[f32],
@@ -122,6 +132,10 @@ impl Mlp {
         labels: &[u32],
         workspace: &mut Workspace,
     ) -> Evaluation {
+        assert!(
+            !self.is_regression(),
+            "a regression model takes real targets"
+        );
         self.check_batch(params, x, labels);
         workspace.prepare(self, 0);
         let chunk_rows = workspace.capacity();
@@ -174,7 +188,7 @@ impl Mlp {
         }
     }
 
-    fn check_inputs(&self, params: &[f32], x: ArrayView2<'_, f32>) {
+    pub(crate) fn check_inputs(&self, params: &[f32], x: ArrayView2<'_, f32>) {
         assert_eq!(
             params.len(),
             self.num_params(),
@@ -200,7 +214,12 @@ impl Mlp {
 
     /// Computes the hidden activations and the logits of the rows of `x` into the
     /// workspace, which must hold at least `x.nrows()` rows.
-    fn forward(&self, params: &[f32], x: ArrayView2<'_, f32>, workspace: &mut Workspace) {
+    pub(crate) fn forward(
+        &self,
+        params: &[f32],
+        x: ArrayView2<'_, f32>,
+        workspace: &mut Workspace,
+    ) {
         let rows = x.nrows();
         let hidden_layers = self.layers.len() - 1;
         for (index, layer) in self.layers.iter().enumerate() {
@@ -221,7 +240,7 @@ impl Mlp {
 
     /// Writes the gradient with respect to θ into `gradient`, given the forward pass of
     /// `x` and the loss gradient with respect to the logits in `workspace.logits`.
-    fn backward(
+    pub(crate) fn backward(
         &self,
         params: &[f32],
         x: ArrayView2<'_, f32>,

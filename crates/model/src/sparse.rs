@@ -79,7 +79,9 @@ impl Mlp {
     /// Returns whether the model can train on sparse minibatches: softmax
     /// regression, whose θ positions fit in u32.
     pub fn supports_sparse(&self) -> bool {
-        self.layers().len() == 1 && u32::try_from(self.num_params()).is_ok()
+        self.layers().len() == 1
+            && !self.is_regression()
+            && u32::try_from(self.num_params()).is_ok()
     }
 
     /// Computes the mean cross-entropy over a sparse minibatch and writes its

@@ -1,4 +1,4 @@
-//! Model spec strings such as `softmax` and `mlp:256,128`.
+//! Model spec strings such as `linear`, `softmax` and `mlp:256,128`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,6 +8,9 @@ use crate::ModelError;
 /// Model architecture, as selected on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
+    /// Linear regression: one linear layer from the inputs to one real-valued output,
+    /// trained on the mean squared error.
+    Linear,
     /// Softmax regression: one linear layer from the inputs to the class logits.
     Softmax,
     /// Multilayer perceptron with ReLU hidden layers of the given widths, in order from the input.
@@ -18,10 +21,16 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
-    /// Returns the hidden-layer widths, which are empty for softmax regression.
+    /// Returns whether the model predicts a real value (trained on the mean squared
+    /// error) rather than a class (trained on the cross-entropy).
+    pub fn is_regression(&self) -> bool {
+        matches!(self, ModelSpec::Linear)
+    }
+
+    /// Returns the hidden-layer widths, which are empty for linear and softmax regression.
     pub fn hidden(&self) -> &[usize] {
         match self {
-            ModelSpec::Softmax => &[],
+            ModelSpec::Linear | ModelSpec::Softmax => &[],
             ModelSpec::Mlp { hidden } => hidden,
         }
     }
@@ -30,7 +39,7 @@ impl ModelSpec {
 impl FromStr for ModelSpec {
     type Err = ModelError;
 
-    /// Parses `softmax` or `mlp:` followed by comma-separated positive hidden sizes.
+    /// Parses `linear`, `softmax` or `mlp:` followed by comma-separated positive hidden sizes.
     /// Whitespace around the whole spec and around each size is ignored.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = |reason: String| ModelError::InvalidSpec {
@@ -43,6 +52,8 @@ impl FromStr for ModelSpec {
             None => (trimmed, None),
         };
         match (kind, sizes) {
+            ("linear", None) => Ok(ModelSpec::Linear),
+            ("linear", Some(_)) => Err(invalid("linear takes no hidden sizes".to_string())),
             ("softmax", None) => Ok(ModelSpec::Softmax),
             ("softmax", Some(_)) => Err(invalid("softmax takes no hidden sizes".to_string())),
             ("mlp", None) => Err(invalid("mlp needs at least one hidden size".to_string())),
@@ -77,9 +88,11 @@ fn parse_hidden_size(text: &str) -> Result<usize, String> {
 }
 
 impl fmt::Display for ModelSpec {
-    /// Writes the canonical form, `softmax` or `mlp:` followed by the sizes without spaces.
+    /// Writes the canonical form: `linear`, `softmax`, or `mlp:` followed by the sizes
+    /// without spaces.
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ModelSpec::Linear => formatter.write_str("linear"),
             ModelSpec::Softmax => formatter.write_str("softmax"),
             ModelSpec::Mlp { hidden } => {
                 formatter.write_str("mlp:")?;
@@ -114,6 +127,7 @@ mod tests {
     #[test]
     fn parses_valid_specs() {
         assert_eq!(parse("softmax"), ModelSpec::Softmax);
+        assert_eq!(parse("linear"), ModelSpec::Linear);
         assert_eq!(parse("mlp:64"), ModelSpec::Mlp { hidden: vec![64] });
         assert_eq!(
             parse("mlp:256,128"),
@@ -136,7 +150,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["softmax", "mlp:64", "mlp:256,128", "mlp:3,2,1"] {
+        for text in ["linear", "softmax", "mlp:64", "mlp:256,128", "mlp:3,2,1"] {
             let spec = parse(text);
             assert_eq!(spec.to_string(), text);
             assert_eq!(parse(&spec.to_string()), spec);
@@ -157,6 +171,7 @@ mod tests {
             ("cnn", "unknown model kind \"cnn\""),
             ("Softmax", "unknown model kind \"Softmax\""),
             ("softmax:10", "softmax takes no hidden sizes"),
+            ("linear:3", "linear takes no hidden sizes"),
             ("mlp", "mlp needs at least one hidden size"),
             ("mlp:", "mlp needs at least one hidden size"),
             ("mlp:  ", "mlp needs at least one hidden size"),
@@ -176,8 +191,8 @@ mod tests {
         for (text, reason) in cases {
             let message = parse_error(text);
             let expected = format!(
-                "invalid model spec \"{text}\": {reason}; expected \"softmax\" or \"mlp:\" \
-                 followed by comma-separated hidden sizes, such as \"mlp:256,128\""
+                "invalid model spec \"{text}\": {reason}; expected \"linear\", \"softmax\" \
+                 or \"mlp:\" followed by comma-separated hidden sizes, such as \"mlp:256,128\""
             );
             assert_eq!(message, expected, "spec {text:?}");
         }

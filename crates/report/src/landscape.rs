@@ -76,7 +76,14 @@ pub fn landscape(
     }
     let settings = RunSettings::read(run_dir)?;
     let (description, initial) = checkpoint::load(&run_dir.join("initial.safetensors"))?;
-    let (best_description, best) = checkpoint::load(&run_dir.join("best.safetensors"))?;
+    let (best_description, best, metadata) =
+        checkpoint::load_with_metadata(&run_dir.join("best.safetensors"))?;
+    if description.is_regression() {
+        bail!(
+            "{}: the run trained a linear regression, but the landscape scores the 0-1 error of classifiers only",
+            run_dir.display()
+        );
+    }
     if best_description != description {
         bail!(
             "{}: initial.safetensors and best.safetensors describe different models",
@@ -98,6 +105,11 @@ pub fn landscape(
             );
         }
     }
+    // The model saw features scaled with the training statistics.
+    let (train, validation) = match &metadata.scaling {
+        Some(scaling) => (scaling.apply(train), scaling.apply(validation)),
+        None => (train, validation),
+    };
     let train_x = train.to_f32();
     let validation_x = validation.to_f32();
     let mut workspace = Workspace::new(&model, 1000);

@@ -47,6 +47,8 @@ pub(crate) struct Disagreement {
 /// differ.
 pub(crate) fn disagreement(events: &[Event]) -> Option<Disagreement> {
     let argmin = |value: fn(&Event) -> f64| {
+        // A regression run records no 0-1 error, so its values are NaN and
+        // no evaluation qualifies.
         events
             .iter()
             .enumerate()
@@ -54,7 +56,7 @@ pub(crate) fn disagreement(events: &[Event]) -> Option<Disagreement> {
             .min_by(|a, b| value(a.1).total_cmp(&value(b.1)))
             .map(|(i, _)| i)
     };
-    let best_error = argmin(|e| e.validation_error)?;
+    let best_error = argmin(|e| e.validation_error.unwrap_or(f64::NAN))?;
     let best_loss = argmin(|e| e.validation_loss)?;
     if best_error == best_loss {
         return None;
@@ -159,10 +161,16 @@ li {{ margin-bottom: 4px; }}
 }
 
 fn summary_table(html: &mut String, settings: &RunSettings) {
-    let test = settings.test_accuracy.map_or_else(
-        || "no test split".to_owned(),
-        |a| format!("{:.2}%", 100.0 * a),
-    );
+    let test = match (settings.test_accuracy, settings.test_mse) {
+        (Some(accuracy), _) => format!("accuracy {:.2}%", 100.0 * accuracy),
+        (None, Some(mse)) => format!("mean squared error {mse:.4}"),
+        (None, None) => "no test split".to_owned(),
+    };
+    let best_validation = match (settings.best_validation_error, settings.best_validation_mse) {
+        (Some(error), _) => format!("0-1 error {:.2}%", 100.0 * error),
+        (None, Some(mse)) => format!("mean squared error {mse:.4}"),
+        (None, None) => "none recorded".to_owned(),
+    };
     let rows = [
         ("model", settings.model.clone()),
         ("workers", settings.workers.to_string()),
@@ -187,11 +195,8 @@ fn summary_table(html: &mut String, settings: &RunSettings) {
         ),
         ("wall time", format!("{:.1} s", settings.wall_seconds)),
         ("stop reason", settings.stop_reason.clone()),
-        (
-            "best validation error",
-            format!("{:.2}%", 100.0 * settings.best_validation_error),
-        ),
-        ("test accuracy of the best θ", test),
+        ("best validation figure", best_validation),
+        ("test figure of the best θ", test),
     ];
     html.push_str("<table>");
     for (key, value) in rows {
@@ -314,7 +319,9 @@ fn error_figure(events: &[Event], disagreement: Option<&Disagreement>) -> Figure
         "validation 0-1 error",
         RED,
         Mark::Line,
-        points(events, updates, |e| Some(100.0 * e.validation_error)),
+        points(events, updates, |e| {
+            e.validation_error.map(|error| 100.0 * error)
+        }),
     ));
     if let Some(d) = disagreement {
         chart.bands.push(Band {
@@ -361,7 +368,9 @@ fn wall_error_figure(events: &[Event]) -> Figure {
         "validation 0-1 error",
         RED,
         Mark::Line,
-        points(events, seconds, |e| Some(100.0 * e.validation_error)),
+        points(events, seconds, |e| {
+            e.validation_error.map(|error| 100.0 * error)
+        }),
     ));
     Figure {
         chart,
@@ -617,7 +626,7 @@ mod tests {
             updates,
             wall_seconds: updates as f64,
             train_loss: None,
-            validation_error,
+            validation_error: Some(validation_error),
             validation_loss,
             gradient_norm: None,
             clipping: Clipping::default(),

@@ -29,8 +29,14 @@ pub(crate) struct RunSettings {
     pub(crate) updates: u64,
     pub(crate) epochs: f64,
     pub(crate) stop_reason: String,
-    pub(crate) best_validation_error: f64,
+    /// Absent for linear regression, whose runs record the MSE instead.
+    #[serde(default)]
+    pub(crate) best_validation_error: Option<f64>,
+    #[serde(default)]
+    pub(crate) best_validation_mse: Option<f64>,
     pub(crate) test_accuracy: Option<f64>,
+    #[serde(default)]
+    pub(crate) test_mse: Option<f64>,
     pub(crate) per_worker: Vec<WorkerRow>,
     pub(crate) staleness: Staleness,
 }
@@ -69,7 +75,9 @@ pub(crate) struct Event {
     pub(crate) updates: u64,
     pub(crate) wall_seconds: f64,
     pub(crate) train_loss: Option<f64>,
-    pub(crate) validation_error: f64,
+    /// Absent for linear regression, whose validation loss is the MSE.
+    #[serde(default)]
+    pub(crate) validation_error: Option<f64>,
     pub(crate) validation_loss: f64,
     #[serde(default)]
     pub(crate) gradient_norm: Option<NormStats>,

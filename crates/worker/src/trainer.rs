@@ -22,7 +22,6 @@ pub(crate) struct Trainer {
     pub(crate) sparse_gradient: SparseGradient,
     sparse_workspace: SparseWorkspace,
     features: Vec<f32>,
-    labels: Vec<u32>,
 }
 
 impl Trainer {
@@ -47,7 +46,6 @@ impl Trainer {
             sparse_gradient: SparseGradient::default(),
             sparse_workspace: SparseWorkspace::default(),
             features: vec![0.0; dense_features],
-            labels: Vec::with_capacity(batch_size),
             params,
             model,
         }
@@ -71,8 +69,6 @@ impl Trainer {
     /// Panics when steps are sparse but the shard's rows are not; the
     /// worker checks each shard when it arrives.
     pub(crate) fn step(&mut self, shard: &Dataset, rows: Range<usize>) -> f32 {
-        self.labels.clear();
-        self.labels.extend_from_slice(&shard.labels[rows.clone()]);
         if self.sparse {
             let sparse = shard
                 .sparse_rows()
@@ -85,7 +81,7 @@ impl Trainer {
             return self.model.sparse_loss_and_gradient(
                 &self.params,
                 batch,
-                &self.labels,
+                &shard.labels[rows.clone()],
                 &mut self.sparse_gradient,
                 &mut self.sparse_workspace,
             );
@@ -98,12 +94,14 @@ impl Trainer {
         }
         let features = &mut self.features[..values];
         shard.copy_rows_f32(rows.clone(), features);
+        let targets = shard.targets_of(rows.clone());
+
         let x = ArrayView2::from_shape((rows.len(), inputs), &*features)
             .expect("the feature buffer has exactly rows × inputs values");
-        self.model.loss_and_gradient(
+        self.model.loss_and_gradient_for(
             &self.params,
             x,
-            &self.labels,
+            targets,
             &mut self.gradient,
             &mut self.workspace,
         )

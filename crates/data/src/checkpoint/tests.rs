@@ -1,5 +1,7 @@
 use downpour_model::ModelSpec;
 
+use crate::scaling::{ScaleMethod, Scaling};
+
 use super::*;
 
 /// Returns the description of an MLP with 4 inputs, one hidden layer of 3
@@ -389,5 +391,86 @@ fn load_rejects_description_larger_than_file() {
             big.parameters,
             fs::metadata(&path).expect("metadata").len()
         )
+    );
+}
+
+#[test]
+fn run_metadata_round_trip() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let description = description();
+    let run = RunMetadata {
+        classes: Some(vec!["edible".to_owned(), "poisonous".to_owned()]),
+        scaling: Some(Scaling {
+            method: ScaleMethod::Standardize,
+            offset: vec![0.5, -1.0, 2.0, 0.0],
+            divisor: vec![2.0, 1.0, 0.25, 1.0],
+        }),
+    };
+    let path =
+        save_with_metadata(dir.path(), "best", &description, &params(23), &run).expect("saved");
+    let (loaded, theta, loaded_run) = load_with_metadata(&path).expect("loaded");
+    assert_eq!(loaded, description);
+    assert_eq!(theta, params(23));
+    assert_eq!(loaded_run, run);
+
+    let bytes = fs::read(&path).expect("read");
+    let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors");
+    let entries = header.metadata().clone().expect("metadata");
+    assert_eq!(entries[TASK_KEY], "classification");
+    assert_eq!(entries[CLASSES_KEY], r#"["edible","poisonous"]"#);
+    assert_eq!(
+        entries[SCALING_KEY],
+        r#"{"method":"standardize","offset":[0.5,-1.0,2.0,0.0],"divisor":[2.0,1.0,0.25,1.0]}"#
+    );
+}
+
+#[test]
+fn plain_save_has_no_run_metadata() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec: ModelSpec = "linear".parse().expect("valid spec");
+    let description = ModelDescription::new(&spec, 4, 0).expect("valid description");
+    let path = save(dir.path(), "best", &description, &params(5)).expect("saved");
+    let (_, _, run) = load_with_metadata(&path).expect("loaded");
+    assert_eq!(run, RunMetadata::default());
+    let bytes = fs::read(&path).expect("read");
+    let (_, header) = SafeTensors::read_metadata(&bytes).expect("safetensors");
+    let entries = header.metadata().clone().expect("metadata");
+    assert_eq!(entries[TASK_KEY], "regression");
+}
+
+#[test]
+fn scaling_of_wrong_width_is_rejected() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = RunMetadata {
+        classes: None,
+        scaling: Some(Scaling {
+            method: ScaleMethod::Minmax,
+            offset: vec![0.0; 3],
+            divisor: vec![1.0; 3],
+        }),
+    };
+    let error = save_with_metadata(dir.path(), "best", &description(), &params(23), &run)
+        .expect_err("width mismatch");
+    assert!(
+        error
+            .to_string()
+            .contains("the scaling has 3 offsets and 3 divisors but the model has 4 inputs"),
+        "{error}"
+    );
+
+    // A file edited to hold too few class names is rejected on load.
+    let path = dir.path().join("edited.safetensors");
+    let mut metadata = HashMap::from([
+        (METADATA_KEY.to_owned(), description().to_json()),
+        (CLASSES_KEY.to_owned(), r#"["only"]"#.to_owned()),
+    ]);
+    metadata.insert(TASK_KEY.to_owned(), "classification".to_owned());
+    write_raw(&path, &good_tensors(), Some(metadata));
+    let error = load_with_metadata(&path).expect_err("class count mismatch");
+    assert!(
+        error
+            .to_string()
+            .contains("the \"downpour.classes\" metadata lists 1 classes but the model has 2"),
+        "{error}"
     );
 }

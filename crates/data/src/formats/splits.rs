@@ -48,6 +48,9 @@ pub struct SplitSpec {
     pub validation_size: usize,
     /// Seed of the hold-out permutation.
     pub seed: u64,
+    /// Whether labels are real regression targets rather than classes. IDX
+    /// data has classes only.
+    pub regression: bool,
 }
 
 impl SplitSpec {
@@ -60,6 +63,7 @@ impl SplitSpec {
             input: InputOptions::default(),
             validation_size: 10_000,
             seed,
+            regression: false,
         }
     }
 }
@@ -88,7 +92,9 @@ pub struct SplitRecord {
 pub struct SplitsRecord {
     /// `idx`, `csv`, `libsvm` or `npy`.
     pub format: String,
-    /// Label text of each class, in class-id order.
+    /// `classification` or `regression`.
+    pub task: String,
+    /// Label text of each class, in class-id order; empty for regression.
     pub classes: Vec<String>,
     /// Features per example.
     pub features: usize,
@@ -128,6 +134,11 @@ pub fn load_splits(spec: &SplitSpec) -> Result<LoadedSplits> {
         None => Format::from_path(&spec.data)?,
     };
     let loaded = match format {
+        Format::Idx if spec.regression => {
+            return Err(DataError::RegressionOnIdx {
+                path: spec.data.clone(),
+            });
+        }
         Format::Idx => load_idx(spec)?,
         _ => load_tables(spec, format)?,
     };
@@ -203,8 +214,14 @@ fn load_tables(spec: &SplitSpec, format: Format) -> Result<Loaded> {
         .flatten()
         .collect();
     let width = tables.iter().map(|table| table.width()).max().unwrap_or(0);
-    let classes = ClassMap::fit(train.labels.iter().map(String::as_str));
-    let to_dataset = |table: &RawTable| table.to_dataset(&classes, width);
+    let classes = match spec.regression {
+        true => ClassMap { names: Vec::new() },
+        false => ClassMap::fit(train.labels.iter().map(String::as_str)),
+    };
+    let to_dataset = |table: &RawTable| match spec.regression {
+        true => table.to_regression_dataset(width),
+        false => table.to_dataset(&classes, width),
+    };
     Ok(Loaded {
         train: to_dataset(&train)?,
         validation: validation.as_ref().map(to_dataset).transpose()?,
@@ -335,6 +352,11 @@ fn hold_out(spec: &SplitSpec, format: Format, loaded: Loaded) -> Result<LoadedSp
     };
     let record = SplitsRecord {
         format: format.name().to_owned(),
+        task: match spec.regression {
+            true => "regression",
+            false => "classification",
+        }
+        .to_owned(),
         classes: class_names,
         features: train.num_features(),
         train: train_record,

@@ -186,6 +186,45 @@ impl RawTable {
         Dataset::new(features, labels, classes.len())
     }
 
+    /// Builds a regression data set with f32 features `width` wide and the
+    /// label of each row parsed as a real target.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`RawTable::to_features`], and
+    /// [`DataError::InvalidTarget`] for the first label that is not a finite
+    /// number.
+    pub fn to_regression_dataset(&self, width: usize) -> Result<Dataset> {
+        let features = self.to_features(width)?;
+        let targets = self.targets()?;
+        Dataset::regression(Features::F32(features), targets)
+    }
+
+    /// Returns every row's label parsed as a finite real number, rounded to
+    /// the nearest f32.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError::InvalidTarget`] for the first label that is not a finite
+    /// number, naming its file and line and column, or row.
+    pub fn targets(&self) -> Result<Vec<f32>> {
+        self.labels
+            .iter()
+            .zip(&self.positions)
+            .map(|(label, position)| {
+                let value = label.trim().parse::<f64>().ok();
+                match value.map(|value| value as f32) {
+                    Some(value) if value.is_finite() => Ok(value),
+                    _ => Err(DataError::InvalidTarget {
+                        path: self.path.clone(),
+                        location: position.to_string(),
+                        label: label.clone(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
     /// Returns the features as an f32 matrix `width` wide, with sparse rows
     /// filled in with zeros.
     ///

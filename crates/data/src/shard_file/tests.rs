@@ -218,11 +218,22 @@ fn huge_declared_rows() {
 }
 
 #[test]
+fn regression_round_trip() {
+    let values = array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]];
+    let data = Dataset::regression(Features::F32(values), vec![-0.5, 1.0e-3, 7.25]).expect("valid");
+    let decoded = decode(&encode(&data)).expect("regression shard decodes");
+    assert!(decoded.is_regression());
+    assert!(decoded.labels.is_empty());
+    assert_eq!(decoded, data);
+}
+
+#[test]
 fn label_outside_classes() {
     let data = Dataset {
         features: Features::F32(Array2::zeros((2, 1))),
         labels: vec![1, 12],
         classes: 10,
+        targets: Vec::new(),
     };
     assert_eq!(
         decode_error(&encode(&data)),
@@ -239,6 +250,7 @@ fn non_finite_scale_is_rejected() {
         },
         labels: vec![0],
         classes: 1,
+        targets: Vec::new(),
     };
     let text = decode_error(&encode(&data));
     assert!(
