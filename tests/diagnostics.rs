@@ -1,6 +1,7 @@
 //! Optimizer diagnostics of whole in-process clusters on a subset of the
-//! bundled MNIST: the ill-conditioning check at two learning rates, and
-//! gradient clipping counted per evaluation.
+//! bundled MNIST: the ill-conditioning check at two learning rates and
+//! during a learning-rate warm-up, and gradient clipping counted per
+//! evaluation.
 
 #![allow(clippy::unwrap_used)] // setup helpers outside #[test] fail the test by panicking
 
@@ -167,6 +168,48 @@ async fn curvature_flag_at_two_learning_rates() {
     // apart. The fast run diverges in its first passes, its ReLUs die, and
     // the nearly constant network left has too little curvature along g to
     // flag.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curvature_step_follows_warmup() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = support::mnist_subset(&dir.path().join("mnist"), 3_000, 500);
+    let warmup_updates = 50;
+    // 2,000 training examples are about 32 updates per epoch.
+    let (summary, events) = train(&data, &dir.path().join("run"), |config| {
+        config.max_epochs = 3;
+        config.eval_every = 10;
+        config.warmup_updates = warmup_updates;
+    })
+    .await;
+    assert_eq!(summary.warmup_updates, warmup_updates);
+
+    // The pass after `updates` updates probes with the step of update
+    // number `updates` (from 0), lr·(updates + 1)/50 until the ramp ends.
+    let learning_rate = f64::from(defaults::LEARNING_RATE);
+    let momentum = f64::from(defaults::MOMENTUM);
+    let mut during_warmup = 0;
+    let mut after_warmup = 0;
+    for event in &events {
+        let updates = event["updates"].as_u64().unwrap();
+        let ramp = ((updates + 1) as f64 / warmup_updates as f64).min(1.0);
+        let expected = learning_rate * ramp / (1.0 - momentum);
+        let epsilon = event["curvature"]["learning_rate"].as_f64().unwrap();
+        assert!(
+            (epsilon - expected).abs() <= 1e-6 * expected,
+            "ε {epsilon} at update {updates}, expected {expected}"
+        );
+        if updates < warmup_updates {
+            during_warmup += 1;
+        } else {
+            after_warmup += 1;
+        }
+    }
+    assert!(
+        during_warmup >= 3,
+        "{during_warmup} passes during the warm-up"
+    );
+    assert!(after_warmup >= 3, "{after_warmup} passes after the warm-up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use downpour_model::{CurvatureProbe, MinibatchObjective, Mlp, Workspace, probe_curvature};
 use downpour_proto::v1::PushRecord;
+use downpour_ps::SgdConfig;
 use ndarray::{Array2, s};
 use serde::Serialize;
 
@@ -229,38 +230,33 @@ pub(crate) struct CurvatureSet {
     workspace: Workspace,
     features: Array2<f32>,
     labels: Vec<u32>,
-    learning_rate: f64,
-    weight_decay: f64,
+    sgd: SgdConfig,
 }
 
 impl CurvatureSet {
-    /// Takes the first [`PROBE_EXAMPLES`] validation examples, and the step
-    /// size of [`effective_learning_rate`]. The probed cost includes the
-    /// L2 penalty of `weight_decay`, as the parameter server's update does.
-    pub(crate) fn new(
-        model: &Mlp,
-        validation: &EvalSet,
-        learning_rate: f32,
-        momentum: f32,
-        weight_decay: f32,
-    ) -> Self {
+    /// Takes the first [`PROBE_EXAMPLES`] validation examples and the
+    /// servers' optimizer settings. The probed cost includes the L2 penalty
+    /// of the weight decay, as the parameter server's update does.
+    pub(crate) fn new(model: &Mlp, validation: &EvalSet, sgd: SgdConfig) -> Self {
         let rows = validation.len().min(PROBE_EXAMPLES);
         Self {
             workspace: Workspace::new(model, rows),
             model: model.clone(),
             features: validation.features.slice(s![..rows, ..]).to_owned(),
             labels: validation.labels[..rows].to_vec(),
-            learning_rate: effective_learning_rate(learning_rate, momentum),
-            weight_decay: f64::from(weight_decay),
+            sgd,
         }
     }
 
-    /// Runs the check at `params` on a blocking thread, so the servers in
-    /// this process keep serving requests. `None` for an empty validation
-    /// split.
+    /// Runs the check at `params`, θ after `updates` updates, on a blocking
+    /// thread, so the servers in this process keep serving requests. The
+    /// step size is [`effective_learning_rate`] of the learning rate of the
+    /// next update, which the warm-up makes depend on `updates`. `None` for
+    /// an empty validation split.
     pub(crate) async fn probe(
         set: &Arc<Mutex<Self>>,
         params: Arc<Vec<f32>>,
+        updates: u64,
     ) -> Result<Option<CurvatureProbe>, CoordinatorError> {
         let set = set.clone();
         let probe = tokio::task::spawn_blocking(move || {
@@ -270,8 +266,7 @@ impl CurvatureSet {
                 workspace,
                 features,
                 labels,
-                learning_rate,
-                weight_decay,
+                sgd,
             } = &mut *guard;
             if labels.is_empty() {
                 return None;
@@ -282,10 +277,12 @@ impl CurvatureSet {
                 labels,
                 workspace,
             };
+            let learning_rate =
+                effective_learning_rate(sgd.learning_rate_at(updates), sgd.momentum);
             Some(probe_curvature(
                 &params,
-                *learning_rate,
-                *weight_decay,
+                learning_rate,
+                f64::from(sgd.weight_decay),
                 &mut objective,
             ))
         });
