@@ -23,6 +23,7 @@ fn layer_values(key: &str) -> Option<[&'static str; 3]> {
         "lr" => ["0.1", "0.2", "0.3"],
         "momentum" => ["0.5", "0.6", "0.7"],
         "weight_decay" => ["0.001", "0.002", "0.003"],
+        "warmup_updates" => ["100", "200", "300"],
         "seed" => ["1", "2", "3"],
         "eval_every" => ["10", "20", "30"],
         "patience" => ["1", "2", "3"],

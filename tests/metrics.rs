@@ -260,6 +260,7 @@ async fn rejected_pushes_counted_by_reason() {
                 learning_rate: 0.1,
                 momentum: 0.0,
                 weight_decay: 0.0,
+                warmup_updates: 0,
             }),
             worker_batches: vec![10],
             push_every: 1,

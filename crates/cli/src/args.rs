@@ -108,12 +108,18 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = defaults::LEARNING_RATE, allow_negative_numbers = true)]
     pub lr: f32,
     /// SGD momentum coefficient, in [0, 1). The ill-conditioning check of
-    /// each validation pass takes the step size as --lr / (1 − --momentum).
+    /// each validation pass takes the step size as the learning rate
+    /// / (1 − --momentum).
     #[arg(long, default_value_t = defaults::MOMENTUM, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay coefficient.
     #[arg(long, default_value_t = defaults::WEIGHT_DECAY, allow_negative_numbers = true)]
     pub weight_decay: f32,
+    /// Updates over which the learning rate rises linearly from --lr / N
+    /// to --lr. The ill-conditioning check of a pass uses the learning rate
+    /// of the next update. 0 turns the warm-up off.
+    #[arg(long, value_name = "N", default_value_t = defaults::WARMUP_UPDATES)]
+    pub warmup_updates: u64,
     /// Seed of the initial parameters and of the one-time shuffle.
     #[arg(long, default_value_t = defaults::SEED)]
     pub seed: u64,
@@ -451,6 +457,7 @@ impl TrainingArgs {
             learning_rate: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
+            warmup_updates: self.warmup_updates,
             seed: self.seed,
             eval_every: self.eval_every,
             patience: self.patience,

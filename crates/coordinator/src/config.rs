@@ -7,7 +7,7 @@ use downpour_data::formats::InputOptions;
 use downpour_data::scaling::ScaleMethod;
 use downpour_model::ModelSpec;
 use downpour_proto::transport::{DEFAULT_PIECE_VALUES, MAX_MESSAGE_BYTES};
-use downpour_ps::{Compensation, Consistency};
+use downpour_ps::{Compensation, Consistency, SgdConfig};
 
 /// Default settings, defined once and shared with the command line.
 pub mod defaults {
@@ -19,6 +19,7 @@ pub mod defaults {
     pub const LEARNING_RATE: f32 = 0.05;
     pub const MOMENTUM: f32 = 0.9;
     pub const WEIGHT_DECAY: f32 = 0.0;
+    pub const WARMUP_UPDATES: u64 = 0;
     pub const SEED: u64 = 42;
     /// About a quarter of an MNIST epoch at batch 64 (782 minibatches).
     pub const EVAL_EVERY: u64 = 200;
@@ -52,6 +53,9 @@ pub struct CoordinatorConfig {
     pub learning_rate: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// Updates over which the learning rate rises linearly to
+    /// `learning_rate`; 0 for none.
+    pub warmup_updates: u64,
     /// Seed of the initial θ and of the one-time shuffle.
     pub seed: u64,
     /// Updates between two validation passes.
@@ -184,6 +188,7 @@ impl CoordinatorConfig {
             learning_rate: defaults::LEARNING_RATE,
             momentum: defaults::MOMENTUM,
             weight_decay: defaults::WEIGHT_DECAY,
+            warmup_updates: defaults::WARMUP_UPDATES,
             seed: defaults::SEED,
             eval_every: defaults::EVAL_EVERY,
             patience: defaults::PATIENCE,
@@ -208,6 +213,16 @@ impl CoordinatorConfig {
             dense: false,
             connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
             tensorboard: false,
+        }
+    }
+
+    /// Returns the optimizer settings the parameter servers apply.
+    pub fn sgd_config(&self) -> SgdConfig {
+        SgdConfig {
+            learning_rate: self.learning_rate,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            warmup_updates: self.warmup_updates,
         }
     }
 

@@ -12,6 +12,7 @@ use downpour_model::{
     CurvatureProbe, MinibatchObjective, Mlp, RegressionObjective, Workspace, probe_curvature,
 };
 use downpour_proto::v1::PushRecord;
+use downpour_ps::SgdConfig;
 use ndarray::{Array2, s};
 use serde::Serialize;
 
@@ -233,21 +234,14 @@ pub(crate) struct CurvatureSet {
     labels: Vec<u32>,
     /// Regression targets; empty for a classifier.
     targets: Vec<f32>,
-    learning_rate: f64,
-    weight_decay: f64,
+    sgd: SgdConfig,
 }
 
 impl CurvatureSet {
-    /// Takes the first [`PROBE_EXAMPLES`] validation examples, and the step
-    /// size of [`effective_learning_rate`]. The probed cost includes the
-    /// L2 penalty of `weight_decay`, as the parameter server's update does.
-    pub(crate) fn new(
-        model: &Mlp,
-        validation: &EvalSet,
-        learning_rate: f32,
-        momentum: f32,
-        weight_decay: f32,
-    ) -> Self {
+    /// Takes the first [`PROBE_EXAMPLES`] validation examples and the
+    /// servers' optimizer settings. The probed cost includes the L2 penalty
+    /// of the weight decay, as the parameter server's update does.
+    pub(crate) fn new(model: &Mlp, validation: &EvalSet, sgd: SgdConfig) -> Self {
         let rows = validation.len().min(PROBE_EXAMPLES);
         Self {
             workspace: Workspace::new(model, rows),
@@ -255,17 +249,19 @@ impl CurvatureSet {
             features: validation.features.slice(s![..rows, ..]).to_owned(),
             labels: validation.labels[..rows.min(validation.labels.len())].to_vec(),
             targets: validation.targets[..rows.min(validation.targets.len())].to_vec(),
-            learning_rate: effective_learning_rate(learning_rate, momentum),
-            weight_decay: f64::from(weight_decay),
+            sgd,
         }
     }
 
-    /// Runs the check at `params` on a blocking thread, so the servers in
-    /// this process keep serving requests. `None` for an empty validation
-    /// split.
+    /// Runs the check at `params`, θ after `updates` updates, on a blocking
+    /// thread, so the servers in this process keep serving requests. The
+    /// step size is [`effective_learning_rate`] of the learning rate of the
+    /// next update, which the warm-up makes depend on `updates`. `None` for
+    /// an empty validation split.
     pub(crate) async fn probe(
         set: &Arc<Mutex<Self>>,
         params: Arc<Vec<f32>>,
+        updates: u64,
     ) -> Result<Option<CurvatureProbe>, CoordinatorError> {
         let set = set.clone();
         let probe = tokio::task::spawn_blocking(move || {
@@ -276,12 +272,14 @@ impl CurvatureSet {
                 features,
                 labels,
                 targets,
-                learning_rate,
-                weight_decay,
+                sgd,
             } = &mut *guard;
             if features.nrows() == 0 {
                 return None;
             }
+            let learning_rate =
+                effective_learning_rate(sgd.learning_rate_at(updates), sgd.momentum);
+            let weight_decay = f64::from(sgd.weight_decay);
             if !targets.is_empty() {
                 let mut objective = RegressionObjective {
                     model,
@@ -291,8 +289,8 @@ impl CurvatureSet {
                 };
                 return Some(probe_curvature(
                     &params,
-                    *learning_rate,
-                    *weight_decay,
+                    learning_rate,
+                    weight_decay,
                     &mut objective,
                 ));
             }
@@ -304,8 +302,8 @@ impl CurvatureSet {
             };
             Some(probe_curvature(
                 &params,
-                *learning_rate,
-                *weight_decay,
+                learning_rate,
+                weight_decay,
                 &mut objective,
             ))
         });

@@ -231,6 +231,7 @@ fn init_settings(prepared: &PreparedRun, run_id: &str) -> InitRequest {
             learning_rate: config.learning_rate,
             momentum: config.momentum,
             weight_decay: config.weight_decay,
+            warmup_updates: config.warmup_updates,
         }),
         consistency: consistency.into(),
         staleness_bound,
@@ -355,9 +356,7 @@ async fn drive(
     let curvature = Arc::new(Mutex::new(CurvatureSet::new(
         &model,
         &validation,
-        config.learning_rate,
-        config.momentum,
-        config.weight_decay,
+        config.sgd_config(),
     )));
     let mut push_recorder = PushRecorder::create(run_dir.path())?;
     let evaluator = Arc::new(Mutex::new(Evaluator {
@@ -419,7 +418,7 @@ async fn drive(
                 .map_or(stopping_metric(&pass, regression), |(error, _)| error);
             let pushes = shared.lock().pushes.take();
             let (gradient_norm, clipping) = push_recorder.record(&pushes)?;
-            let probe = CurvatureSet::probe(&curvature, params.clone()).await?;
+            let probe = CurvatureSet::probe(&curvature, params.clone(), snapshot.version).await?;
             let mut event = eval_event(
                 evaluations,
                 snapshot.version,
@@ -607,6 +606,7 @@ async fn drive(
         learning_rate: config.learning_rate,
         momentum: config.momentum,
         weight_decay: config.weight_decay,
+        warmup_updates: config.warmup_updates,
         clip_norm: config.clip_norm,
         clip_value: config.clip_value,
         seed: config.seed,

@@ -149,6 +149,8 @@ pub struct RunSummary {
     pub learning_rate: f32,
     pub momentum: f32,
     pub weight_decay: f32,
+    /// Updates of the linear learning-rate warm-up; 0 when off.
+    pub warmup_updates: u64,
     /// `--clip-norm` and `--clip-value`; 0 when off.
     pub clip_norm: f32,
     pub clip_value: f32,

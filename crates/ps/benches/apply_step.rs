@@ -18,6 +18,7 @@ fn apply_step(criterion: &mut Criterion) {
         learning_rate: 0.05,
         momentum: 0.9,
         weight_decay: 0.0,
+        warmup_updates: 0,
     };
     let params: Vec<f32> = (0..PARAMETERS)
         .map(|index| ((index % 1000) as f32 - 500.0) * 1e-4)

@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 learning_rate: 0.01,
                 momentum: 0.9,
                 weight_decay: 0.0,
+                warmup_updates: 0,
             }),
             ..Default::default()
         })

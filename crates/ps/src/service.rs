@@ -488,6 +488,7 @@ fn new_store(request: &InitRequest, params: Vec<f32>) -> Result<ParamStore, Stat
         learning_rate: optimizer.learning_rate,
         momentum: optimizer.momentum,
         weight_decay: optimizer.weight_decay,
+        warmup_updates: optimizer.warmup_updates,
     };
     let consistency = match ConsistencyMode::try_from(request.consistency) {
         Ok(ConsistencyMode::Async) => Consistency::Async,

@@ -412,10 +412,15 @@ impl ParamStore {
         match push.indices {
             None => self
                 .sgd
-                .apply(&mut self.params, &mut self.velocity, gradient),
+                .apply(self.version, &mut self.params, &mut self.velocity, gradient),
             Some(indices) => {
-                self.sgd
-                    .apply_sparse(&mut self.params, &mut self.velocity, indices, gradient);
+                self.sgd.apply_sparse(
+                    self.version,
+                    &mut self.params,
+                    &mut self.velocity,
+                    indices,
+                    gradient,
+                );
             }
         }
         self.version += 1;
@@ -559,8 +564,12 @@ impl ParamStore {
                     .count(worker as u32, held.examples, held.loss, held.staleness);
             }
         }
-        self.sgd
-            .apply(&mut self.params, &mut self.velocity, &self.scratch);
+        self.sgd.apply(
+            self.version,
+            &mut self.params,
+            &mut self.velocity,
+            &self.scratch,
+        );
         self.version += 1;
         self.totals.updates = self.version;
         self.check_finite()
@@ -600,6 +609,9 @@ struct CheckpointMeta {
     learning_rate: f32,
     momentum: f32,
     weight_decay: f32,
+    /// Absent from checkpoints written before the warm-up existed.
+    #[serde(default)]
+    warmup_updates: u64,
     consistency: String,
     worker_batches: Vec<u32>,
     push_every: u32,
@@ -670,6 +682,7 @@ impl ParamStore {
             learning_rate: self.sgd.learning_rate,
             momentum: self.sgd.momentum,
             weight_decay: self.sgd.weight_decay,
+            warmup_updates: self.sgd.warmup_updates,
             consistency: self.consistency.to_string(),
             worker_batches: self
                 .clock
@@ -776,6 +789,7 @@ impl ParamStore {
             learning_rate: meta.learning_rate,
             momentum: meta.momentum,
             weight_decay: meta.weight_decay,
+            warmup_updates: meta.warmup_updates,
         };
         let consistency: Consistency = meta.consistency.parse().map_err(|e| inconsistent(&e))?;
         let clock = if meta.worker_batches.is_empty() {
@@ -888,6 +902,7 @@ mod tests {
             learning_rate: 0.5,
             momentum: 0.0,
             weight_decay: 0.0,
+            warmup_updates: 0,
         };
         ParamStore::new("run".into(), vec![1.0, 2.0], sgd).unwrap()
     }
@@ -1006,6 +1021,7 @@ mod tests {
             learning_rate: 0.5,
             momentum: 0.9,
             weight_decay: 0.1,
+            warmup_updates: 0,
         };
         let mut store = ParamStore::new("run".into(), vec![1.0, 2.0, 3.0, 4.0], sgd).unwrap();
 
@@ -1062,6 +1078,7 @@ mod tests {
             learning_rate: 4.0,
             momentum: 0.0,
             weight_decay: 0.0,
+            warmup_updates: 0,
         };
         let mut store = ParamStore::new("run".into(), vec![1.0, 2.0], sgd).unwrap();
 
@@ -1090,6 +1107,7 @@ mod tests {
             learning_rate: 0.1,
             momentum: 0.0,
             weight_decay: 0.0,
+            warmup_updates: 0,
         };
         assert_eq!(
             ParamStore::new("r".into(), vec![], sgd).unwrap_err(),
@@ -1388,6 +1406,32 @@ mod tests {
             restored.apply_push(again).unwrap(),
             Accepted::Duplicate { ready_at: 0 }
         );
+    }
+
+    #[test]
+    fn warmup_continues_after_restore() {
+        let sgd = SgdConfig {
+            learning_rate: 0.4,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            warmup_updates: 4,
+        };
+        let mut uninterrupted = ParamStore::new("run".into(), vec![0.0], sgd).unwrap();
+        let mut first_half = ParamStore::new("run".into(), vec![0.0], sgd).unwrap();
+        for version in 0..2 {
+            uninterrupted.apply_push(push(version, &[1.0])).unwrap();
+            first_half.apply_push(push(version, &[1.0])).unwrap();
+        }
+
+        let mut restored = ParamStore::decode_checkpoint(&first_half.encode_checkpoint()).unwrap();
+        for version in 2..5 {
+            uninterrupted.apply_push(push(version, &[1.0])).unwrap();
+            restored.apply_push(push(version, &[1.0])).unwrap();
+        }
+
+        // Steps of 0.1, 0.2, 0.3, 0.4 and 0.4.
+        assert!((uninterrupted.params()[0] + 1.4).abs() < 1e-6);
+        assert_eq!(restored.params(), uninterrupted.params());
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn init(params: &[f32], learning_rate: f32, workers: usize, batches: u32) -> Ini
             learning_rate,
             momentum: 0.0,
             weight_decay: 0.0,
+            warmup_updates: 0,
         }),
         worker_batches: vec![batches; workers],
         push_every: 1,
@@ -390,6 +391,7 @@ async fn sparse_push_moves_listed_values_only() {
             learning_rate: 0.5,
             momentum: 0.9,
             weight_decay: 0.1,
+            warmup_updates: 0,
         }),
         ..init(&[1.0, 2.0, 3.0, 4.0], 0.5, 0, 0)
     })

@@ -180,6 +180,13 @@ fn summary_table(html: &mut String, settings: &RunSettings) {
             format!("{}, {}", settings.learning_rate, settings.momentum),
         ),
         (
+            "learning-rate warm-up",
+            match settings.warmup_updates {
+                0 => "off".to_owned(),
+                updates => format!("linear over {updates} updates"),
+            },
+        ),
+        (
             "clipping",
             match (settings.clip_norm > 0.0, settings.clip_value > 0.0) {
                 (false, false) => "off".to_owned(),
@@ -219,8 +226,12 @@ fn findings(
     let probed: Vec<_> = events.iter().filter_map(|e| e.curvature).collect();
     if !probed.is_empty() {
         let flagged = probed.iter().filter(|p| p.ill_conditioned).count();
+        let warmup = match settings.warmup_updates {
+            0 => String::new(),
+            updates => format!(", smaller during the warm-up of the first {updates} updates"),
+        };
         findings.push(format!(
-            "Ill-conditioning: {flagged} of {} evaluations ({:.0}%) flagged, where ½ε²·g'Hg > ε·g'g on the fixed validation minibatch, so a gradient step of ε = lr/(1 − momentum) = {:.3} was predicted to raise the cost.",
+            "Ill-conditioning: {flagged} of {} evaluations ({:.0}%) flagged, where ½ε²·g'Hg > ε·g'g on the fixed validation minibatch, so a gradient step of ε = lr/(1 − momentum) = {:.3}{warmup} was predicted to raise the cost.",
             probed.len(),
             100.0 * flagged as f64 / probed.len() as f64,
             effective_rate(settings)
@@ -448,10 +459,14 @@ fn curvature_figure(settings: &RunSettings, events: &[Event]) -> Figure {
             .map(|(x, p)| (*x, 0.5 * p.learning_rate * p.curvature))
             .collect(),
     ));
+    let warmup = match settings.warmup_updates {
+        0 => String::new(),
+        updates => format!(" (smaller during the warm-up of the first {updates} updates)"),
+    };
     Figure {
         chart,
         caption: format!(
-            "Where the orange curve is above the blue one (ringed), a step of ε = {epsilon:.3} along −g is predicted to raise the cost: the learning rate is too large for the curvature."
+            "Where the orange curve is above the blue one (ringed), a step of ε = {epsilon:.3}{warmup} along −g is predicted to raise the cost: the learning rate is too large for the curvature."
         ),
     }
 }

@@ -19,6 +19,9 @@ pub(crate) struct RunSettings {
     pub(crate) seed: u64,
     pub(crate) learning_rate: f64,
     pub(crate) momentum: f64,
+    /// Absent from summaries written before the warm-up existed.
+    #[serde(default)]
+    pub(crate) warmup_updates: u64,
     #[serde(default)]
     pub(crate) clip_norm: f64,
     #[serde(default)]

@@ -66,6 +66,7 @@ async fn start_server(params: &[f32], token: &ClusterToken) -> String {
             learning_rate: LEARNING_RATE,
             momentum: 0.9,
             weight_decay: WEIGHT_DECAY,
+            warmup_updates: 0,
         }),
         push_every: 1,
         ..Default::default()
@@ -233,6 +234,7 @@ async fn restored_server_gets_sparse_pushes_again() {
             learning_rate: 0.5,
             momentum: 0.0,
             weight_decay: 0.0,
+            warmup_updates: 0,
         }),
         worker_batches: vec![100],
         push_every: 1,
