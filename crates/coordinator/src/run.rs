@@ -621,8 +621,9 @@ async fn drive(
     };
     let path = run_dir.write_summary(&summary)?;
     info!(
-        test_accuracy = summary.test_accuracy.unwrap_or(f64::NAN),
-        test_mse = summary.test_mse.unwrap_or(f64::NAN),
+        // A field whose value is None is left out of the line.
+        test_accuracy = summary.test_accuracy,
+        test_mse = summary.test_mse,
         best_validation_metric = best_validation_error,
         stop_reason = %stop_reason,
         epochs = summary.epochs,

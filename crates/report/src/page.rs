@@ -202,8 +202,8 @@ fn summary_table(html: &mut String, settings: &RunSettings) {
         ),
         ("wall time", format!("{:.1} s", settings.wall_seconds)),
         ("stop reason", settings.stop_reason.clone()),
-        ("best validation figure", best_validation),
-        ("test figure of the best θ", test),
+        ("best validation result", best_validation),
+        ("test result of the best θ", test),
     ];
     html.push_str("<table>");
     for (key, value) in rows {
