@@ -85,6 +85,20 @@ fn missing_data_folder() {
 }
 
 #[test]
+fn label_column_none_in_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("flowers.csv");
+    std::fs::write(&data, "width,height,kind\n1,2,rose\n3,4,tulip\n").unwrap();
+
+    let line = train_fails(
+        dir.path(),
+        &["--data", data.to_str().unwrap(), "--label-column", "none"],
+    );
+
+    assert_mentions(&line, &["--label-column none", "downpour predict"]);
+}
+
+#[test]
 fn unreadable_images_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_mnist(dir.path());

@@ -78,9 +78,10 @@ async fn prepare_run(
     ps_addresses: Vec<String>,
     connect_timeout: Duration,
 ) -> anyhow::Result<PreparedRun> {
+    training.read.require_labels()?;
     if !training.data.exists() {
         bail!(
-            "--data {}: not found; pass an MNIST folder or an IDX images file (relative paths start at the current directory, {})",
+            "--data {}: not found; pass an existing MNIST folder or a CSV, LIBSVM, NumPy or IDX file (relative paths start at the current directory, {})",
             training.data.display(),
             std::env::current_dir()
                 .map_or_else(|_| "unknown".to_owned(), |d| d.display().to_string())

@@ -46,6 +46,13 @@ fn read_eval_data(
     description: &ModelDescription,
     metadata: &RunMetadata,
 ) -> anyhow::Result<Dataset> {
+    args.read.require_labels()?;
+    if !args.data.exists() {
+        anyhow::bail!(
+            "--data {}: not found; pass the MNIST folder or the CSV, LIBSVM, NumPy or IDX file to score",
+            args.data.display()
+        );
+    }
     let inputs = description.inputs;
     let (format, read) = args.read.read_options();
     let format = match format {

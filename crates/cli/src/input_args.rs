@@ -59,6 +59,16 @@ pub struct SplitArgs {
 }
 
 impl ReadArgs {
+    /// Rejects `--label-column none` for a command that reads labels.
+    pub fn require_labels(&self) -> anyhow::Result<()> {
+        if matches!(self.label_column, LabelColumn::None) {
+            anyhow::bail!(
+                "--label-column none is only for `downpour predict`; training and `eval` need the labels of --data, so name their column (a number from 1, a header name or `last`)"
+            );
+        }
+        Ok(())
+    }
+
     /// Returns the format and reader options.
     pub fn read_options(&self) -> (Option<Format>, ReadOptions) {
         let csv = CsvOptions {
