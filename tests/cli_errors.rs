@@ -99,6 +99,32 @@ fn label_column_none_in_training() {
 }
 
 #[test]
+fn single_class_training_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("roses.csv");
+    std::fs::write(&data, "width,height,kind\n1,2,rose\n3,4,rose\n5,6,rose\n").unwrap();
+
+    let line = train_fails(
+        dir.path(),
+        &[
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "softmax",
+            "--validation-fraction",
+            "0.34",
+            "--test-fraction",
+            "0.34",
+        ],
+    );
+
+    assert_mentions(
+        &line,
+        &[data.to_str().unwrap(), "1 class", "--label-column"],
+    );
+}
+
+#[test]
 fn unreadable_images_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = small_mnist(dir.path());

@@ -130,7 +130,8 @@ pub struct TrainingArgs {
     #[arg(long, default_value_t = defaults::PATIENCE)]
     pub patience: u32,
     /// Stop as soon as the validation accuracy reaches this fraction, such
-    /// as 0.975 [default: train until early stopping or --max-epochs].
+    /// as 0.975; classifiers only, see --target-mse for --model linear
+    /// [default: train until early stopping or --max-epochs].
     #[arg(long)]
     pub target_accuracy: Option<f64>,
     /// Stop as soon as the validation mean squared error falls to this value
@@ -141,7 +142,8 @@ pub struct TrainingArgs {
     /// Feature scaling, fitted on the training split and saved in the
     /// checkpoint: `none`, `standardize` (zero mean, unit variance) or
     /// `minmax` (0 to 1). A feature constant on the training split is only
-    /// shifted, to 0.
+    /// shifted, to 0. Scaling makes LIBSVM rows dense, so their pushes are
+    /// dense too.
     #[arg(long, default_value = "none", value_parser = parse_scale)]
     pub scale: ScaleMethod,
     /// Upper bound on training epochs.
@@ -179,7 +181,8 @@ pub struct TrainingArgs {
     pub push_bf16: bool,
     /// Push dense gradients of all of θ even for LIBSVM data with
     /// `--model softmax`, which otherwise push only the values each
-    /// minibatch touched.
+    /// minibatch touched. Other data and models always push dense
+    /// gradients, so the flag changes nothing there.
     #[arg(long)]
     pub dense: bool,
     /// Seconds of silence after which a worker loses its lease; in async

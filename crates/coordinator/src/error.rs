@@ -43,6 +43,11 @@ pub enum CoordinatorError {
         "--ps lists {servers} parameter servers, but the model has only {parameters} parameters"
     )]
     TooManyParameterServers { servers: usize, parameters: usize },
+    #[error(
+        "{}: the training split has {classes} class, but a classifier needs at least 2; check --label-column, or use --model linear for a real-valued target",
+        data.display()
+    )]
+    SingleClass { data: PathBuf, classes: usize },
     #[error("interrupted before training finished")]
     Interrupted,
     #[error("cannot resume from {}: {message}", path.display())]

@@ -127,6 +127,12 @@ pub fn prepare(config: CoordinatorConfig) -> Result<PreparedRun, CoordinatorErro
         seed: config.seed,
         regression: config.model.is_regression(),
     })?;
+    if !config.model.is_regression() && splits.train.classes < 2 {
+        return Err(CoordinatorError::SingleClass {
+            data: config.data.clone(),
+            classes: splits.train.classes,
+        });
+    }
     let description = ModelDescription::new(
         &config.model,
         splits.train.num_features(),

@@ -262,7 +262,10 @@ impl<R: io::Read> CsvRows<R> {
             };
             if index == label_index {
                 if text.is_empty() {
-                    return Err(syntax(index, "missing label".to_owned()));
+                    return Err(syntax(
+                        index,
+                        "missing label; fill it in or drop the row".to_owned(),
+                    ));
                 }
                 label = text.to_owned();
                 continue;

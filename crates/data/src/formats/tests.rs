@@ -148,7 +148,7 @@ fn csv_malformed_table() {
         (
             "a,b,y\n1,2,\n",
             CsvOptions::default(),
-            "line 2, column 3: missing label",
+            "line 2, column 3: missing label; fill it in or drop the row",
         ),
         (
             "a,b,y\n1,2,0\n",
