@@ -103,13 +103,11 @@ async fn stopped_worker_hands_work_to_others() {
     let mut shards = record("staying").shards;
     shards.sort_unstable();
     assert_eq!(shards, vec![0, 1]);
-    assert!(
-        summary
-            .epoch_usage
-            .iter()
-            .any(|epoch| epoch.reassigned_examples > 0)
-    );
-    // Every finished epoch covered the whole training set.
+    // Whether the stopped worker had a range in flight, which then counts
+    // as reassigned, depends on when the signal came, so only full
+    // coverage is checked: every finished epoch covered the whole
+    // training set, with the stopped worker's shard done by the other.
+    assert!(summary.epoch_usage.len() >= 2, "{:?}", summary.epoch_usage);
     let finished = &summary.epoch_usage[..summary.epoch_usage.len() - 1];
     for epoch in finished {
         assert_eq!(epoch.examples, summary.train_examples as u64);
