@@ -51,7 +51,7 @@ impl SgdConfig {
         if update >= self.warmup_updates {
             return self.learning_rate;
         }
-        // f64 holds every count of updates below 2^53 exactly.
+        // f64 represents every update count below 2^53 exactly.
         let fraction = (update + 1) as f64 / self.warmup_updates as f64;
         (f64::from(self.learning_rate) * fraction) as f32
     }
